@@ -1,0 +1,200 @@
+"""The `fedstack` command.
+
+- `fedstack up --server-name NAME --data-dir DIR --port P --api-port A` starts one whole
+  homeserver as four uvicorn processes on loopback and stops them on Ctrl-C / SIGTERM.
+  First start creates the signing key, the TLS certificate and the internal secret in DIR;
+  later starts reuse them (and the database), so a homeserver resumes where it stopped.
+- `fedstack serve SERVICE` runs one service from `FEDSTACK_*` environment settings (compose).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from shared.crypto import SigningKey
+from shared.settings import Settings, ensure_internal_secret
+from shared.tls import ensure_self_signed_cert
+
+SERVICES = ("transaction", "pdu", "transport", "messaging")
+FACTORIES = {s: f"services.{s}.app:create_app" for s in SERVICES}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def prepare_data_dir(settings: Settings) -> None:
+    """Create the signing key, TLS certificate and internal secret once."""
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    SigningKey.load_or_create(settings.path("signing_key"))
+    ensure_self_signed_cert(settings.path("tls_cert"), settings.path("tls_key"), settings.server_name)
+    if not settings.internal_secret:
+        ensure_internal_secret(settings.data_dir)
+
+
+def _uvicorn_config(app, host, port, **kw):
+    import uvicorn
+    return uvicorn.Config(app, host=host, port=port, log_level=os.environ.get("FEDSTACK_LOG_LEVEL", "warning"),
+                          access_log=False, loop="uvloop", http="httptools", timeout_graceful_shutdown=5, **kw)
+
+
+def serve(service: str, settings: Settings) -> None:
+    """Run one service in this process until SIGTERM/SIGINT."""
+    import importlib
+
+    import uvicorn
+    module = importlib.import_module(f"services.{service}.app")
+    app = module.create_app(settings)
+    configs = [_uvicorn_config(app, settings.bind_host, settings.port)]
+    if service == "transport":
+        # Public HTTPS federation listener; the internal listener above runs the lifespan.
+        configs.append(_uvicorn_config(app, settings.bind_host, settings.federation_port, lifespan="off",
+                                       ssl_certfile=str(settings.path("tls_cert")),
+                                       ssl_keyfile=str(settings.path("tls_key"))))
+    servers = [uvicorn.Server(c) for c in configs]
+
+    async def main():
+        first = asyncio.create_task(servers[0].serve())
+        while not servers[0].started and not first.done():
+            await asyncio.sleep(0.02)
+        rest = [asyncio.create_task(s.serve()) for s in servers[1:]]
+        await asyncio.gather(first, *rest)
+    asyncio.run(main())
+
+
+class Homeserver:
+    """Four service processes of one homeserver (used by `up` and by the tests)."""
+
+    def __init__(self, settings: Settings, ports: dict[str, int], log_dir: Path | None = None):
+        self.settings = settings
+        self.ports = ports
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.log_dir = log_dir
+
+    @classmethod
+    def configure(cls, server_name: str, data_dir: str, port: int, api_port: int, **extra) -> "Homeserver":
+        ports = {"transaction": free_port(), "pdu": free_port(), "transport": free_port(),
+                 "messaging": api_port, "federation": port}
+        settings = Settings.from_env(
+            server_name=server_name, data_dir=str(Path(data_dir).resolve()),
+            transaction_url=f"http://127.0.0.1:{ports['transaction']}",
+            pdu_url=f"http://127.0.0.1:{ports['pdu']}",
+            transport_url=f"http://127.0.0.1:{ports['transport']}",
+            messaging_url=f"http://127.0.0.1:{ports['messaging']}",
+            federation_port=port, **extra)
+        prepare_data_dir(settings)
+        return cls(settings, ports, Path(settings.data_dir) / "logs")
+
+    def start_service(self, service: str) -> None:
+        env = dict(os.environ, **self.settings.to_env(), FEDSTACK_PORT=str(self.ports[service]))
+        out = None
+        if self.log_dir:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(self.log_dir / f"{service}.log", "ab")
+        self.procs[service] = subprocess.Popen(
+            [sys.executable, "-m", "fedstack.cli", "serve", service], env=env,
+            stdout=out, stderr=subprocess.STDOUT if out else None)
+
+    def wait_healthy(self, services=SERVICES, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        for service in services:
+            url = f"http://127.0.0.1:{self.ports[service]}/health"
+            while True:
+                proc = self.procs.get(service)
+                if proc is not None and proc.poll() is not None:
+                    raise RuntimeError(f"{service} exited with {proc.returncode}")
+                try:
+                    if httpx.get(url, timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{service} did not become healthy on {url}")
+                time.sleep(0.05)
+
+    def start(self) -> None:
+        for service in SERVICES:
+            self.start_service(service)
+        self.wait_healthy()
+
+    def stop_service(self, service: str, sig=signal.SIGTERM, timeout: float = 10.0) -> None:
+        proc = self.procs.pop(service, None)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def stop(self) -> None:
+        for service in reversed(SERVICES):
+            self.stop_service(service)
+
+    def describe(self) -> str:
+        p = self.ports
+        return (f"fedstack homeserver {self.settings.server_name} (data in {self.settings.data_dir})\n"
+                f"  transport    https://127.0.0.1:{p['federation']}  (federation API, public)\n"
+                f"               http://127.0.0.1:{p['transport']}  (internal)\n"
+                f"  transaction  http://127.0.0.1:{p['transaction']}  (internal)\n"
+                f"  pdu          http://127.0.0.1:{p['pdu']}  (internal)\n"
+                f"  messaging    http://127.0.0.1:{p['messaging']}  (domain API, docs at /docs)")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="fedstack")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="start a whole homeserver (four processes)")
+    up.add_argument("--server-name", required=True)
+    up.add_argument("--data-dir", required=True)
+    up.add_argument("--port", type=int, required=True, help="federation HTTPS port")
+    up.add_argument("--api-port", type=int, required=True, help="messaging API port")
+    up.add_argument("--allow-private-destinations", action="store_true",
+                    help="allow federation to loopback/private addresses (local testing)")
+    up.add_argument("--no-verify-tls", action="store_true",
+                    help="accept self-signed certificates of other servers (local testing)")
+    sv = sub.add_parser("serve", help="run one service from FEDSTACK_* settings")
+    sv.add_argument("service", choices=SERVICES)
+    args = parser.parse_args(argv)
+    if args.cmd == "serve":
+        serve(args.service, Settings.from_env())
+        return 0
+    extra = {}
+    if args.allow_private_destinations:
+        extra["allow_private_destinations"] = True
+    if args.no_verify_tls:
+        extra["verify_tls"] = False
+    hs = Homeserver.configure(args.server_name, args.data_dir, args.port, args.api_port, **extra)
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    try:
+        hs.start()
+        print(hs.describe(), flush=True)
+        while not stopping:
+            for name, proc in list(hs.procs.items()):
+                if proc.poll() is not None:
+                    print(f"{name} exited with {proc.returncode}; stopping", file=sys.stderr)
+                    stopping.append(1)
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        hs.stop()
+        print("stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""The messaging service: the domain API (rooms, events, membership, subscriptions).
+
+Writes go down to the pdu service; the event stream and subscriptions are read and kept
+through the transaction service's storage API. `create_app(settings)` builds a fresh app
+with no module-level state.
+"""
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import Query, Request
+
+from services.messaging.delivery import Delivery
+from shared.contracts import messaging as c
+from shared.contracts.pdu import PduClient
+from shared.contracts.transaction import TransactionClient
+from shared.errors import json_response
+from shared.routing import BodyLimitMiddleware, new_app
+from shared.settings import Settings
+
+
+class MessagingService:
+    def __init__(self, settings: Settings, *, pdu_client=None, transaction_client=None,
+                 callback_http=None):
+        secret = settings.secret()
+        self.pdu = pdu_client or PduClient(settings.pdu_url, secret)
+        self.tx = transaction_client or TransactionClient(settings.transaction_url, secret)
+        self.delivery = Delivery(self.tx, http=callback_http)
+
+    async def stop(self):
+        await self.delivery.stop()
+        await self.pdu.aclose()
+        await self.tx.aclose()
+
+
+def create_app(settings: Settings, **clients):
+    @asynccontextmanager
+    async def lifespan(app):
+        svc = MessagingService(settings, **clients)
+        app.state.svc = svc
+        await svc.delivery.start()
+        try:
+            yield
+        finally:
+            await svc.stop()
+
+    # The domain API is the homeserver's own, reachable by its other parts: no secret.
+    app = new_app("fedstack-messaging", None, lifespan=lifespan)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+
+    def svc(request: Request) -> MessagingService:
+        return request.app.state.svc
+
+    @app.post(c.ROOMS, tags=["rooms"])
+    async def create_room(body: c.CreateRoomRequest, request: Request) -> dict:
+        return await svc(request).pdu.create_room(body.model_dump())
+
+    @app.post(c.JOIN, tags=["rooms"])
+    async def join(room_id: str, body: c.JoinRequest, request: Request) -> dict:
+        return await svc(request).pdu.join(room_id, body.model_dump())
+
+    @app.post(c.INVITE, tags=["rooms"])
+    async def invite(room_id: str, body: c.InviteRequest, request: Request) -> dict:
+        return await svc(request).pdu.invite(room_id, body.model_dump())
+
+    @app.post(c.LEAVE, tags=["rooms"])
+    async def leave(room_id: str, body: c.LeaveRequest, request: Request) -> dict:
+        return await svc(request).pdu.leave(room_id, body.model_dump())
+
+    @app.post(c.EVENTS, tags=["events"])
+    async def send(room_id: str, body: c.SendRequest, request: Request) -> dict:
+        return await svc(request).pdu.send(room_id, body.model_dump())
+
+    @app.get(c.EVENTS, tags=["events"], response_model=c.EventsPage)
+    async def events(room_id: str, request: Request, after: int = Query(0, ge=0),
+                     limit: int = Query(100, ge=1, le=1000)):
+        page = await svc(request).tx.stream(after, limit, room_id)
+        return json_response({"events": [dict(e["event"], position=e["position"]) for e in page["events"]],
+                              "next": page["next"]})
+
+    @app.get(c.STATE, tags=["rooms"])
+    async def state(room_id: str, request: Request) -> dict:
+        return await svc(request).pdu.state(room_id)
+
+    @app.post(c.SUBSCRIPTIONS, tags=["subscriptions"], response_model=c.SubscriptionResponse)
+    async def subscribe(body: c.SubscriptionRequest, request: Request):
+        s = svc(request)
+        sub = await s.tx.add_subscription(body.model_dump())
+        s.delivery.add(sub)
+        return {"subscription_id": sub["subscription_id"]}
+
+    @app.delete(c.SUBSCRIPTION, tags=["subscriptions"])
+    async def unsubscribe(subscription_id: str, request: Request) -> dict:
+        s = svc(request)
+        await s.tx.delete_subscription(subscription_id)
+        s.delivery.remove(subscription_id)
+        return {}
+
+    return app

@@ -1,0 +1,178 @@
+"""Received PDUs: checked, completed, authorised, then stored with their state.
+
+Pipeline per event (spec §5.6): format → signatures → content hash (redact on mismatch) →
+missing prev_events fetched (get_missing_events from the origin) → auth against its own
+auth_events (reject) → auth against the state before it (reject) → auth against the current
+state (soft-fail). Then one commit stores the event, its state group, the room's new
+extremities and current state, and removes the inbox rows it consumed.
+
+Invariants: an event whose prev_events cannot all be obtained is not stored and changes
+nothing; rejected events are stored as rejected and never enter state or extremities;
+soft-failed events are stored but are neither extremities nor delivered.
+"""
+from __future__ import annotations
+
+import logging
+from urllib.parse import quote
+
+from services.pdu.authrules import AuthError, check_auth, check_auth_events_list
+from services.pdu.keyring import SignatureFailed
+from services.pdu.rooms import create_event_of
+from services.pdu.state import resolve, state_spec
+from services.pdu.storage import wire
+from shared.errors import MatrixError
+from shared.events import EventFormatError, compute_event_id, validate_event_format
+from shared.room_versions import get_room_version
+
+log = logging.getLogger("fedstack.pdu.inbound")
+
+GME_LIMIT = 20
+GME_ROUNDS = 10
+
+
+class EventDropped(Exception):
+    pass
+
+
+class InboundHandler:
+    def __init__(self, storage, tx, keyring, rooms, server_name: str):
+        self.storage = storage
+        self.tx = tx
+        self.keyring = keyring
+        self.rooms = rooms
+        self.server_name = server_name
+
+    async def handle_batch(self, items: list[dict]) -> None:
+        """Process relayed inbox items in order; every inbox id is consumed."""
+        for item in items:
+            try:
+                async with self.rooms.lock(item["room_id"]):
+                    await self.receive(item["pdu"], item["origin"], inbox_ids=[item["inbox_id"]])
+            except EventDropped as exc:
+                log.info("dropped PDU from %s: %s", item["origin"], exc)
+                await self.tx.persist({"inbox_ids": [item["inbox_id"]]})
+
+    async def receive(self, pdu: dict, origin: str, *, inbox_ids=(), depth: int = 0,
+                      forward_to=frozenset()) -> str:
+        room_id = pdu.get("room_id")
+        room = await self.storage.room(room_id) if isinstance(room_id, str) else None
+        if room is None or room["current_state_group"] is None:
+            raise EventDropped(f"not in room {room_id}")
+        rv = get_room_version(room["room_version"])
+        try:
+            validate_event_format(pdu, rv)
+        except EventFormatError as exc:
+            raise EventDropped(f"bad format: {exc}")
+        event_id = compute_event_id(pdu, rv)
+        if await self.storage.records([event_id]):
+            if inbox_ids:
+                await self.tx.persist({"inbox_ids": list(inbox_ids)})
+            return event_id
+        try:
+            pdu = await self.keyring.check_event(pdu, rv)
+        except SignatureFailed as exc:
+            raise EventDropped(str(exc))
+        await self._fill_gaps(pdu, event_id, room, origin, depth)
+        await self._authorise_and_store(pdu, event_id, rv, list(inbox_ids), set(forward_to))
+        return event_id
+
+    async def _fill_gaps(self, pdu: dict, event_id: str, room: dict, origin: str, depth: int) -> None:
+        missing = await self._missing(pdu["prev_events"])
+        if not missing:
+            return
+        if depth > 0:
+            raise EventDropped(f"prev_events {sorted(missing)} unavailable")
+        for _ in range(GME_ROUNDS):
+            room = await self.storage.room(room["room_id"])
+            resp = await self.tx.federation_request(
+                origin, "POST", f"/_matrix/federation/v1/get_missing_events/{quote(room['room_id'], safe='')}",
+                body={"earliest_events": room["extremities"], "latest_events": [event_id],
+                      "limit": GME_LIMIT, "min_depth": 0})
+            got = (resp.get("body") or {}).get("events") if resp.get("status") == 200 else None
+            if not isinstance(got, list) or not got:
+                break
+            got = [e for e in got if isinstance(e, dict)]
+            for ev in sorted(got, key=lambda e: e.get("depth", 0) if isinstance(e.get("depth"), int) else 0):
+                try:
+                    await self.receive(ev, origin, depth=depth + 1)
+                except EventDropped:
+                    continue
+            missing = await self._missing(pdu["prev_events"])
+            if not missing:
+                return
+        raise EventDropped(f"prev_events {sorted(missing)} unavailable")
+
+    async def _missing(self, event_ids) -> set[str]:
+        have = await self.storage.records(list(event_ids))
+        return {e for e in event_ids if e not in have or have[e]["outlier"]}
+
+    async def _authorise_and_store(self, pdu: dict, event_id: str, rv, inbox_ids: list,
+                                   forward_to: set = frozenset()) -> None:
+        room_id = pdu["room_id"]
+        room = await self.storage.room(room_id)
+        ev = dict(pdu, event_id=event_id)
+        prev_recs = await self.storage.records(pdu["prev_events"])
+        prev_states = []
+        for p in pdu["prev_events"]:
+            rec = prev_recs[p]
+            st = dict(await self.storage.state_map(rec["state_group"]))
+            prev_states.append(st)
+        before = await resolve(self.storage, rv.identifier, prev_states)
+        before_events = await self.storage.state_events(before)
+        create = create_event_of(before_events)
+        rejected = await self._check_auth_events(ev, rv, create)
+        if rejected is None:
+            try:
+                check_auth(ev, before_events, rv.identifier, create)
+            except AuthError as exc:
+                rejected = f"auth against state before: {exc}"
+        soft_failed = False
+        current = await self.storage.state_map(room["current_state_group"])
+        if rejected is None:
+            try:
+                cur_events = await self.storage.state_events(current)
+                check_auth(ev, cur_events, rv.identifier, create_event_of(cur_events))
+            except AuthError:
+                soft_failed = True
+        after = dict(before)
+        if rejected is None and "state_key" in pdu:
+            after[(pdu["type"], pdu["state_key"])] = event_id
+        base_group = prev_recs[pdu["prev_events"][0]]["state_group"] if pdu["prev_events"] else None
+        base_map = prev_states[0] if prev_states else {}
+        spec = state_spec(base_group, base_map, after)
+        req = {"events": [{"event_id": event_id, "room_id": room_id, "event": wire(pdu),
+                           "rejected": rejected, "soft_failed": soft_failed, "state_after": spec}],
+               "inbox_ids": inbox_ids, "rooms": []}
+        if rejected is None and forward_to:
+            req["destinations"] = {event_id: sorted(forward_to)}
+        if rejected is None and not soft_failed:
+            extremities = [e for e in room["extremities"] if e not in pdu["prev_events"]] + [event_id]
+            ext_recs = await self.storage.records([e for e in extremities if e != event_id])
+            maps = [after] + [await self.storage.state_map(ext_recs[e]["state_group"])
+                              for e in extremities if e in ext_recs]
+            new_current = await resolve(self.storage, rv.identifier, maps)
+            cur_spec = ({"same_as": event_id} if new_current == after
+                        else state_spec(room["current_state_group"], current, new_current))
+            req["rooms"].append({"room_id": room_id, "extremities": extremities,
+                                 "expect_extremities": room["extremities"],
+                                 "current_state": cur_spec})
+        try:
+            await self.tx.persist(req)
+        except MatrixError as exc:
+            if exc.status == 409:   # another writer moved the room on: redo against it
+                return await self._authorise_and_store(pdu, event_id, rv, inbox_ids, forward_to)
+            raise
+
+    async def _check_auth_events(self, ev: dict, rv, create) -> str | None:
+        recs = await self.storage.records(ev["auth_events"])
+        auth = [dict(r["event"], event_id=e) for e, r in recs.items() if not r["rejected"]]
+        if any(r["rejected"] for r in recs.values()):
+            return "an auth event was rejected"
+        if len(recs) < len(ev["auth_events"]):
+            return "auth events unavailable"
+        try:
+            check_auth_events_list(ev, auth, rv.identifier, create)
+            check_auth(ev, {(a["type"], a.get("state_key")): a for a in auth}, rv.identifier, create)
+        except AuthError as exc:
+            return f"auth against auth_events: {exc}"
+        return None

@@ -1,0 +1,152 @@
+"""Membership actions of local users that involve other servers: join a remote room
+(make_join / send_join v2), invite a remote user (invite v2).
+
+Invariants:
+- A make_join template is signed only if it is exactly the join we asked for: the room and
+  user we named, type m.room.member, membership join, a room version we support.
+- A send_join answer is used only if its state holds the room's create event of that room
+  version, and only its correctly signed events are stored (as outliers; the join itself
+  is the room's first event in our DAG view, its state the answer's state).
+- An invite is committed only after the invitee's server countersigned it.
+"""
+from __future__ import annotations
+
+import logging
+from urllib.parse import quote
+
+from services.pdu.builder import sign_template
+from services.pdu.keyring import SignatureFailed
+from services.pdu.storage import wire
+from shared.errors import MatrixError
+from shared.events import EventFormatError, compute_event_id, server_of, validate_event_format
+from shared.room_versions import KNOWN_ROOM_VERSIONS, get_room_version
+
+log = logging.getLogger("fedstack.pdu.membership")
+
+STRIPPED_STATE = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.canonical_alias",
+                  "m.room.encryption", "m.room.avatar", "m.room.topic")
+
+
+def q(s: str) -> str:
+    return quote(s, safe="")
+
+
+class MembershipHandler:
+    def __init__(self, storage, tx, rooms, keyring, server_name: str, key):
+        self.storage = storage
+        self.tx = tx
+        self.rooms = rooms
+        self.keyring = keyring
+        self.server_name = server_name
+        self.key = key
+
+    async def join(self, room_id: str, user_id: str, servers: list[str]) -> str:
+        self.rooms.require_local(user_id)
+        room = await self.storage.room(room_id)
+        if room is not None and room["current_state_group"] is not None:
+            return await self.rooms.send(room_id, user_id, "m.room.member", {"membership": "join"},
+                                         state_key=user_id)
+        candidates = list(dict.fromkeys(servers + ([server_of(room_id)] if ":" in room_id else [])))
+        candidates = [s for s in candidates if s and s != self.server_name]
+        if not candidates:
+            raise MatrixError(404, "M_NOT_FOUND", "Unknown room and no server to join through")
+        errors = []
+        for server in candidates:
+            try:
+                return await self._join_via(server, room_id, user_id)
+            except MatrixError as exc:
+                errors.append(f"{server}: {exc.error}")
+                log.info("join of %s via %s failed: %s", room_id, server, exc.error)
+        raise MatrixError(403 if any("403" in e for e in errors) else 404, "M_FORBIDDEN"
+                          if errors else "M_NOT_FOUND", "could not join: " + "; ".join(errors))
+
+    async def _request(self, server, method, path, *, query=None, body=None) -> dict:
+        resp = await self.tx.federation_request(server, method, path, query=query, body=body)
+        if resp.get("status") != 200 or not isinstance(resp.get("body"), dict):
+            detail = resp.get("body") or resp.get("error")
+            raise MatrixError(502 if not resp.get("status") else resp["status"],
+                              (detail or {}).get("errcode", "M_UNKNOWN") if isinstance(detail, dict) else "M_UNKNOWN",
+                              f"{method} {path.split('/')[4]} at {server}: {resp.get('status')} {detail}")
+        return resp["body"]
+
+    async def _join_via(self, server: str, room_id: str, user_id: str) -> str:
+        made = await self._request(server, "GET", f"/_matrix/federation/v1/make_join/{q(room_id)}/{q(user_id)}",
+                                   query=[("ver", v) for v in KNOWN_ROOM_VERSIONS])
+        version, template = made.get("room_version"), made.get("event")
+        if version not in KNOWN_ROOM_VERSIONS or not isinstance(template, dict):
+            raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", f"unsupported room version {version!r}")
+        rv = get_room_version(version)
+        content = template.get("content")
+        if (template.get("type") != "m.room.member" or template.get("room_id") != room_id
+                or template.get("sender") != user_id or template.get("state_key") != user_id
+                or not isinstance(content, dict) or content.get("membership") != "join"):
+            raise MatrixError(502, "M_UNKNOWN", "make_join template is not the join we asked for")
+        join = sign_template(template, rv=rv, server_name=self.server_name, key=self.key)
+        event_id = join.pop("event_id")
+        try:
+            validate_event_format(join, rv)
+        except EventFormatError as exc:
+            raise MatrixError(502, "M_UNKNOWN", f"make_join template invalid: {exc}")
+        resp = await self._request(server, "PUT", f"/_matrix/federation/v2/send_join/{q(room_id)}/{q(event_id)}",
+                                   body=join)
+        await self._store_join(room_id, version, rv, join, event_id, resp)
+        return event_id
+
+    async def _checked(self, events, rv) -> dict[str, dict]:
+        out = {}
+        for ev in events if isinstance(events, list) else []:
+            if not isinstance(ev, dict):
+                continue
+            try:
+                validate_event_format(ev, rv)
+                ev = await self.keyring.check_event(ev, rv)
+            except (EventFormatError, SignatureFailed):
+                continue
+            out[compute_event_id(ev, rv)] = ev
+        return out
+
+    async def _store_join(self, room_id, version, rv, join, event_id, resp) -> None:
+        state = await self._checked(resp.get("state"), rv)
+        chain = await self._checked(resp.get("auth_chain"), rv)
+        creates = [e for e in state.values() if e.get("type") == "m.room.create"]
+        if len(creates) != 1 or creates[0].get("content", {}).get("room_version", "1") != version:
+            raise MatrixError(502, "M_UNKNOWN", "send_join state lacks the room's create event")
+        returned = resp.get("event")
+        if isinstance(returned, dict) and compute_event_id(returned, rv) == event_id:
+            join = returned  # the resident may have added its signature
+        outliers = {**chain, **state}
+        delta = [[e["type"], e["state_key"], eid] for eid, e in state.items() if "state_key" in e]
+        delta.append(["m.room.member", join["state_key"], event_id])
+        req = {"events": [{"event_id": eid, "room_id": room_id, "event": ev, "outlier": True}
+                          for eid, ev in outliers.items()]
+               + [{"event_id": event_id, "room_id": room_id, "event": join,
+                   "state_after": {"base": None, "delta": delta}}],
+               "rooms": [{"room_id": room_id, "room_version": version, "extremities": [event_id],
+                          "current_state": {"same_as": event_id}}]}
+        await self.tx.persist(req)
+
+    async def invite(self, room_id: str, sender: str, user_id: str) -> str:
+        target_server = server_of(user_id)
+        if target_server == self.server_name:
+            return await self.rooms.send(room_id, sender, "m.room.member", {"membership": "invite"},
+                                         state_key=user_id)
+        self.rooms.require_local(sender)
+        async with self.rooms.lock(room_id):
+            ev, req = await self.rooms._prepare(room_id, sender, "m.room.member",
+                                                {"membership": "invite"}, user_id, {target_server})
+            room = await self.storage.room(room_id)
+            state = await self.storage.state_map(room["current_state_group"])
+            stripped = await self.storage.events([e for k, e in state.items() if k[0] in STRIPPED_STATE
+                                                  or k == ("m.room.member", sender)])
+            body = {"room_version": room["room_version"], "event": wire(ev),
+                    "invite_room_state": [wire(e) for e in stripped.values()]}
+            resp = await self._request(target_server, "PUT",
+                                       f"/_matrix/federation/v2/invite/{q(room_id)}/{q(ev['event_id'])}",
+                                       body=body)
+            signed = resp.get("event")
+            rv = get_room_version(room["room_version"])
+            if not isinstance(signed, dict) or compute_event_id(signed, rv) != ev["event_id"]:
+                raise MatrixError(502, "M_UNKNOWN", "invitee's server returned a different event")
+            req["events"][0]["event"] = signed
+            await self.tx.persist(req)
+            return ev["event_id"]

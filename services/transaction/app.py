@@ -1,0 +1,212 @@
+"""The transaction service: the one owner of the database, inbound /send, outbound queues.
+
+`create_app(settings)` builds a fresh app with no module-level state. Its lifespan opens
+the database (refusing a second service on the same file), starts the relay to pdu and
+the per-destination senders, and closes everything on shutdown.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import Query, Request
+from starlette.responses import Response
+
+from services.transaction import store_events as se
+from services.transaction import store_federation as sf
+from services.transaction.db import Database
+from services.transaction.inbound import InboundTransactions
+from services.transaction.relay import Relay
+from services.transaction.sender import Sender
+from shared.contracts import transaction as c
+from shared.contracts.pdu import PduClient
+from shared.contracts.transport import FederationRequest, FederationResponse, ServerKeys, TransportClient
+from shared.errors import json_response
+from shared.routing import body_doc, new_app, read_json
+from shared.settings import Settings
+
+
+class TransactionService:
+    """Everything the routes need; one instance per app."""
+
+    def __init__(self, settings: Settings, *, transport_client=None, pdu_client=None):
+        self.settings = settings
+        secret = settings.secret()
+        self.db = Database(settings.path("db"))
+        self.transport = transport_client or TransportClient(settings.transport_url, secret)
+        self.pdu = pdu_client or PduClient(settings.pdu_url, secret)
+        self.relay = Relay(self.db, self.pdu)
+        self.sender = Sender(self.db, self.transport, settings)
+        self.inbound = InboundTransactions(self.db, self.relay.wake)
+        self.new_events = asyncio.Condition()
+
+    async def start(self):
+        await self.db.start()
+        self.relay.start()
+        await self.sender.start()
+
+    async def stop(self):
+        await self.relay.stop()
+        await self.sender.stop()
+        await self.transport.aclose()
+        await self.pdu.aclose()
+        await self.db.close()
+
+    async def persist(self, req: dict) -> dict:
+        result = await self.db.run(se.persist, req)
+        dests = {d for ds in req.get("destinations", {}).values() for d in ds}
+        self.sender.notify(dests)
+        if any(v.get("new") or v.get("upgraded") for v in result["events"].values()):
+            async with self.new_events:
+                self.new_events.notify_all()
+        return result
+
+    async def wait_stream(self, after: int, limit: int, room_id, timeout_ms: int) -> dict:
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            async with self.new_events:
+                evs = await self.db.run(se.stream, after, limit, room_id)
+                remaining = deadline - time.monotonic()
+                if evs or remaining <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(self.new_events.wait(), remaining)
+                except asyncio.TimeoutError:
+                    pass
+        nxt = evs[-1]["position"] if evs else after
+        if not evs and after == 0:
+            nxt = 0
+        return {"events": evs, "next": nxt}
+
+
+def create_app(settings: Settings, **clients):
+    svc_holder: dict = {}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        svc = TransactionService(settings, **clients)
+        await svc.start()
+        app.state.svc = svc
+        try:
+            yield
+        finally:
+            await svc.stop()
+
+    app = new_app("fedstack-transaction", settings.secret(), lifespan=lifespan)
+
+    def svc(request: Request) -> TransactionService:
+        return request.app.state.svc
+
+    @app.put(c.INBOUND, tags=["inbound"], openapi_extra=body_doc(_TransactionBody))
+    async def inbound(origin: str, txn_id: str, request: Request):
+        s = svc(request)
+        body = await read_json(request)
+        response = await s.inbound.receive(origin, txn_id, body)
+        asyncio.create_task(s.sender.mark_up(origin))
+        return Response(response, media_type="application/json")
+
+    @app.post(c.PERSIST, tags=["events"], openapi_extra=body_doc(c.PersistRequest),
+              response_model=c.PersistResponse)
+    async def persist(request: Request):
+        return json_response(await svc(request).persist(await read_json(request)))
+
+    @app.post(c.GET_EVENTS, tags=["events"], openapi_extra=body_doc(_EventIds))
+    async def get_events(request: Request):
+        body = await read_json(request)
+        return json_response({"events": await svc(request).db.run(se.get_events, body.get("event_ids", []))})
+
+    @app.get(c.ROOM, tags=["rooms"], response_model=c.RoomInfo)
+    async def get_room(room_id: str, request: Request):
+        room = await svc(request).db.run(se.get_room, room_id)
+        if room is None:
+            from shared.errors import MatrixError
+            raise MatrixError(404, "M_NOT_FOUND", "unknown room")
+        return json_response(room)
+
+    @app.post(c.STATE_GROUPS, tags=["rooms"])
+    async def state_groups(body: _Groups, request: Request):
+        return json_response({"groups": await svc(request).db.run(se.get_state_groups, body.groups)})
+
+    @app.get(c.STREAM, tags=["events"], response_model=c.StreamResponse)
+    async def stream(request: Request, after: int = 0, limit: int = Query(100, ge=1, le=1000),
+                     room_id: str | None = None, timeout_ms: int = Query(0, ge=0, le=60000)):
+        return json_response(await svc(request).wait_stream(after, limit, room_id, timeout_ms))
+
+    @app.post(c.CLIENT_TXN, tags=["events"])
+    async def client_txn(body: _ClientTxn, request: Request):
+        return {"event_id": await svc(request).db.run(se.get_client_txn, body.sender, body.txn_id)}
+
+    @app.post(c.FEDERATION_REQUEST, tags=["outbound"], response_model=FederationResponse)
+    async def federation_request(body: FederationRequest, request: Request):
+        return await svc(request).transport.federation_request(
+            body.destination, body.method, body.path, query=body.query, body=body.body,
+            timeout_s=body.timeout_s)
+
+    @app.get(c.SERVER_KEYS, tags=["outbound"], response_model=ServerKeys)
+    async def server_keys(server_name: str, request: Request):
+        return await svc(request).transport.server_keys(server_name)
+
+    @app.post(c.DESTINATION_UP, tags=["outbound"])
+    async def destination_up(destination: str, request: Request):
+        await svc(request).sender.mark_up(destination)
+        return {}
+
+    @app.get(c.DESTINATIONS, tags=["outbound"])
+    async def destinations(request: Request):
+        s = svc(request)
+        names = await s.db.run(sf.known_destinations)
+        out = {}
+        for d in names:
+            out[d] = {**await s.db.run(sf.get_backoff, d),
+                      "queued": await s.db.run(sf.outbox_count, d)}
+        return {"destinations": out, "max_in_flight_seen": s.sender.max_in_flight_seen}
+
+    @app.post(c.SUBSCRIPTIONS, tags=["subscriptions"], response_model=c.Subscription)
+    async def add_subscription(body: c.SubscriptionIn, request: Request):
+        s = svc(request)
+        pos = await s.db.run(se.max_stream)
+        return await s.db.run(sf.add_subscription, body.url, body.room_id, body.types, pos)
+
+    @app.get(c.SUBSCRIPTIONS, tags=["subscriptions"])
+    async def list_subscriptions(request: Request):
+        return {"subscriptions": await svc(request).db.run(sf.list_subscriptions)}
+
+    @app.delete(c.SUBSCRIPTION, tags=["subscriptions"])
+    async def delete_subscription(subscription_id: str, request: Request):
+        await svc(request).db.run(sf.delete_subscription, subscription_id)
+        return {}
+
+    @app.put(c.SUBSCRIPTION_POSITION, tags=["subscriptions"])
+    async def set_position(subscription_id: str, body: _Position, request: Request):
+        await svc(request).db.run(sf.set_subscription_position, subscription_id, body.position)
+        return {}
+
+    return app
+
+
+from pydantic import BaseModel  # noqa: E402  (small request shapes used only here)
+
+
+class _TransactionBody(BaseModel):
+    origin: str | None = None
+    origin_server_ts: int | None = None
+    pdus: list[dict]
+    edus: list[dict] = []
+
+
+class _EventIds(BaseModel):
+    event_ids: list[str]
+
+
+class _Groups(BaseModel):
+    groups: list[int]
+
+
+class _ClientTxn(BaseModel):
+    sender: str
+    txn_id: str
+
+
+class _Position(BaseModel):
+    position: int

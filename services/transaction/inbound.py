@@ -1,0 +1,117 @@
+"""Inbound `/send` transactions: idempotent, one at a time per origin, durable before 200.
+
+Invariants:
+- A stored (origin, txn_id) answers with the stored response bytes; nothing is staged again.
+- While a transaction of an origin is being handled, the same txn_id waits for its answer
+  and a different txn_id gets 429 (never two of one origin's transactions in parallel).
+- More than 50 PDUs or 100 EDUs, or a malformed body: 400 and nothing stored, so a
+  corrected retry with the same txn_id is processed.
+- Each PDU gets its entry: `{}` when staged (or already known), `{"error": ...}` when it is
+  malformed or for a room we are not in. Staged PDUs and the response commit together.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+
+from services.transaction import store_events, store_federation
+from shared.errors import MatrixError
+from shared.events import EventFormatError, compute_event_id, validate_event_format
+from shared.room_versions import KNOWN_ROOM_VERSIONS, DEFAULT_ROOM_VERSION
+
+MAX_PDUS = 50
+MAX_EDUS = 100
+
+
+class InboundTransactions:
+    def __init__(self, db, on_staged):
+        self.db = db
+        self.on_staged = on_staged           # called after a commit that staged PDUs
+        self._running: dict[str, tuple[str, asyncio.Future]] = {}
+
+    async def receive(self, origin: str, txn_id: str, body) -> bytes:
+        stored = await self.db.run(store_federation.get_txn_response, origin, txn_id)
+        if stored is not None:
+            return stored
+        running = self._running.get(origin)
+        if running is not None:
+            if running[0] == txn_id:
+                return await asyncio.shield(running[1])
+            raise MatrixError(429, "M_UNKNOWN", "Too many concurrent transactions")
+        fut = asyncio.get_running_loop().create_future()
+        self._running[origin] = (txn_id, fut)
+        try:
+            response = await self._process(origin, txn_id, body)
+            fut.set_result(response)
+            return response
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            del self._running[origin]
+
+    async def _process(self, origin: str, txn_id: str, body) -> bytes:
+        pdus, edus = _check_shape(body)
+        room_ids = {p["room_id"] for p in pdus if isinstance(p, dict) and isinstance(p.get("room_id"), str)}
+        versions = await self.db.run(_room_versions, list(room_ids))
+        results, staged = {}, []
+        for pdu in pdus:
+            key, entry, room_id = classify_pdu(pdu, versions)
+            if key is None:
+                continue
+            results[key] = entry
+            if not entry:
+                staged.append((room_id, pdu))
+        response = orjson.dumps({"pdus": results})
+        response = await self.db.run(store_federation.stage_transaction, origin, txn_id,
+                                     response, staged, int(time.time() * 1000))
+        if staged:
+            self.on_staged()
+        return response
+
+
+def _check_shape(body) -> tuple[list, list]:
+    if not isinstance(body, dict):
+        raise MatrixError(400, "M_BAD_JSON", "transaction must be a JSON object")
+    pdus = body.get("pdus")
+    edus = body.get("edus", [])
+    if not isinstance(pdus, list):
+        raise MatrixError(400, "M_BAD_JSON", "'pdus' must be a list")
+    if not isinstance(edus, list):
+        raise MatrixError(400, "M_BAD_JSON", "'edus' must be a list")
+    if len(pdus) > MAX_PDUS:
+        raise MatrixError(400, "M_BAD_JSON", f"more than {MAX_PDUS} PDUs in one transaction")
+    if len(edus) > MAX_EDUS:
+        raise MatrixError(400, "M_BAD_JSON", f"more than {MAX_EDUS} EDUs in one transaction")
+    return pdus, edus
+
+
+def _room_versions(conn, room_ids: list[str]) -> dict[str, str]:
+    out = {}
+    for rid in room_ids:
+        room = store_events.get_room(conn, rid)
+        if room is not None:
+            out[rid] = room["room_version"]
+    return out
+
+
+def classify_pdu(pdu, versions: dict[str, str]) -> tuple[str | None, dict, str | None]:
+    """(event_id to report under, entry, room_id). key None: unusable, nothing to report."""
+    if not isinstance(pdu, dict) or not isinstance(pdu.get("room_id"), str):
+        return None, {}, None
+    room_id = pdu["room_id"]
+    rv = KNOWN_ROOM_VERSIONS.get(versions.get(room_id, DEFAULT_ROOM_VERSION))
+    try:
+        event_id = compute_event_id(pdu, rv)
+    except Exception:  # noqa: BLE001 - anything unhashable is simply unusable
+        return None, {}, None
+    if room_id not in versions:
+        return event_id, {"error": "unknown room"}, room_id
+    try:
+        validate_event_format(pdu, rv)
+    except EventFormatError as exc:
+        return event_id, {"error": f"invalid event: {exc}"}, room_id
+    return event_id, {}, room_id

@@ -1,0 +1,127 @@
+"""Outbound delivery: one worker per destination, one transaction in flight each.
+
+Invariants:
+- At most one transaction in flight per destination (one worker task per destination).
+- A transaction holds at most 50 PDUs and 100 EDUs; its rows are deleted only after a 200.
+- A failed transaction is retried with the same txn_id and content after a backoff that
+  doubles from `backoff_min_s` to `backoff_max_s`; the backoff is persisted.
+- A transaction the remote refuses for good (4xx other than 408/429, POISON_ATTEMPTS times
+  in a row) is dropped, so one poison item never wedges a destination.
+- `clock` and `sleep` are injectable so tests can move time without waiting.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from urllib.parse import quote
+
+from services.transaction import store_federation as sf
+
+log = logging.getLogger("fedstack.transaction.sender")
+
+MAX_PDUS = 50
+MAX_EDUS = 100
+POISON_ATTEMPTS = 3
+
+
+class Sender:
+    def __init__(self, db, transport, settings, *, clock=time.time):
+        self.db = db
+        self.transport = transport
+        self.server_name = settings.server_name
+        self.backoff_min = settings.backoff_min_s
+        self.backoff_max = settings.backoff_max_s
+        self.clock = clock
+        self._workers: dict[str, asyncio.Task] = {}
+        self._wake: dict[str, asyncio.Event] = {}
+        self._poison: dict[str, tuple[str, int]] = {}
+        self.in_flight: dict[str, int] = {}     # observable for tests
+        self.max_in_flight_seen = 0
+
+    async def start(self) -> None:
+        for d in await self.db.run(sf.pending_destinations):
+            self.notify([d["destination"]])
+
+    async def stop(self) -> None:
+        tasks = list(self._workers.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def notify(self, destinations) -> None:
+        """New rows are queued for these destinations: make sure a worker will send them."""
+        for d in destinations:
+            if d == self.server_name:
+                continue
+            self._wake.setdefault(d, asyncio.Event()).set()
+            task = self._workers.get(d)
+            if task is None or task.done():
+                self._workers[d] = asyncio.create_task(self._worker(d))
+
+    async def mark_up(self, destination: str) -> None:
+        """The destination showed it is alive: drop its backoff and send at once."""
+        await self.db.run(sf.mark_up, destination)
+        if await self.db.run(sf.outbox_count, destination):
+            self.notify([destination])
+        if destination in self._wake:
+            self._wake[destination].set()
+
+    async def _wait(self, ev: asyncio.Event, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(ev.wait(), timeout=max(0.0, seconds))
+        except asyncio.TimeoutError:
+            pass
+
+    async def _worker(self, destination: str) -> None:
+        ev = self._wake.setdefault(destination, asyncio.Event())
+        while True:
+            ev.clear()
+            backoff = await self.db.run(sf.get_backoff, destination)
+            delay = backoff["retry_at"] - self.clock()
+            if delay > 0:
+                await self._wait(ev, min(delay, 60.0))
+                continue
+            txn = await self.db.run(sf.next_transaction, destination, MAX_PDUS, MAX_EDUS)
+            if txn is None:
+                if ev.is_set():
+                    continue
+                return  # no await since the check: a later notify starts a new worker
+            await self._send(destination, txn, backoff)
+
+    async def _send(self, destination: str, txn: dict, backoff: dict) -> None:
+        body = {"origin": self.server_name, "origin_server_ts": int(self.clock() * 1000),
+                "pdus": txn["pdus"]}
+        if txn["edus"]:
+            body["edus"] = txn["edus"]
+        self.in_flight[destination] = self.in_flight.get(destination, 0) + 1
+        self.max_in_flight_seen = max(self.max_in_flight_seen, self.in_flight[destination])
+        try:
+            resp = await self.transport.federation_request(
+                destination, "PUT", "/_matrix/federation/v1/send/" + quote(txn["txn_id"], safe=""),
+                body=body)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # transport itself unreachable
+            resp = {"status": 0, "error": str(exc)}
+        finally:
+            self.in_flight[destination] -= 1
+        status = resp.get("status", 0)
+        if status == 200:
+            await self.db.run(sf.transaction_sent, destination, txn["row_ids"])
+            self._poison.pop(destination, None)
+            return
+        log.info("send to %s failed: %s %s", destination, status, resp.get("error") or resp.get("body"))
+        if 400 <= status < 500 and status not in (408, 429) and self._is_poison(destination, txn):
+            log.warning("dropping transaction %s to %s refused %d times", txn["txn_id"],
+                        destination, POISON_ATTEMPTS)
+            await self.db.run(sf.drop_transaction, txn["row_ids"])
+            return
+        interval = min(self.backoff_max, max(self.backoff_min, backoff["retry_interval"] * 2))
+        await self.db.run(sf.transaction_failed, destination, self.clock() + interval, interval)
+
+    def _is_poison(self, destination: str, txn: dict) -> bool:
+        txn_id, count = self._poison.get(destination, (txn["txn_id"], 0))
+        count = count + 1 if txn_id == txn["txn_id"] else 1
+        self._poison[destination] = (txn["txn_id"], count)
+        return count >= POISON_ATTEMPTS

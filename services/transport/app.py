@@ -1,0 +1,169 @@
+"""The transport service: the public HTTPS federation API and every outbound request.
+
+Inbound: X-Matrix verification, then `/send` goes to the transaction service and every
+other federation request to the pdu service (the handlers the upper layers registered).
+Outbound: the internal `/request` route signs and sends for the transaction service.
+`create_app(settings)` builds a fresh app with no module-level state.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager
+
+import orjson
+from fastapi import Request
+from starlette.responses import Response
+
+from services.transport.inbound_auth import authenticate, raw_uri
+from services.transport.keys import KeyStore, our_key_response
+from services.transport.outbound import FederationClient
+from shared.contracts import pdu as pdu_c
+from shared.contracts import transport as c
+from shared.contracts.transaction import TransactionClient
+from shared.crypto import SigningKey
+from shared.errors import MatrixError, json_response
+from shared.internal import InternalClient
+from shared.routing import BodyLimitMiddleware, body_doc, new_app, read_json
+from shared.settings import Settings
+
+FED = "/_matrix/federation"
+UP_NOTIFY_INTERVAL_S = 10.0
+
+# (method, public path, pdu sub-path) for the requests the pdu service answers.
+FORWARDED = [
+    ("GET", "/v1/event/{event_id}"),
+    ("GET", "/v1/state/{room_id}"),
+    ("GET", "/v1/state_ids/{room_id}"),
+    ("GET", "/v1/backfill/{room_id}"),
+    ("POST", "/v1/get_missing_events/{room_id}"),
+    ("GET", "/v1/event_auth/{room_id}/{event_id}"),
+    ("GET", "/v1/make_join/{room_id}/{user_id}"),
+    ("PUT", "/v2/send_join/{room_id}/{event_id}"),
+    ("PUT", "/v2/invite/{room_id}/{event_id}"),
+    ("GET", "/v1/make_leave/{room_id}/{user_id}"),
+    ("PUT", "/v2/send_leave/{room_id}/{event_id}"),
+]
+
+
+class TransportService:
+    def __init__(self, settings: Settings, *, transaction_client=None, pdu_client=None,
+                 federation_transports=None):
+        self.settings = settings
+        secret = settings.secret()
+        self.key = SigningKey.load(settings.path("signing_key"))
+        self.fed = FederationClient(settings, self.key, transports=federation_transports)
+        self.keys = KeyStore(self.fed.fetch_server_keys)
+        self.transaction = transaction_client or TransactionClient(settings.transaction_url, secret)
+        self.pdu = pdu_client or InternalClient(settings.pdu_url, secret)
+        self._last_up: dict[str, float] = {}
+
+    async def stop(self):
+        await self.fed.aclose()
+        await self.transaction.aclose()
+        await self.pdu.aclose()
+
+    async def authenticate(self, request: Request, content) -> str:
+        return await authenticate(request.scope, request.headers.items(), content,
+                                  self.settings.server_name, self.keys)
+
+    def origin_seen(self, origin: str) -> None:
+        """Tell the transaction service (at most every few seconds) that origin is alive."""
+        now = time.monotonic()
+        if now - self._last_up.get(origin, 0) < UP_NOTIFY_INTERVAL_S:
+            return
+        self._last_up[origin] = now
+        asyncio.create_task(self._notify_up(origin))
+
+    async def _notify_up(self, origin: str) -> None:
+        try:
+            await self.transaction.destination_up(origin)
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+
+
+def _passthrough(status: int, body) -> Response:
+    return Response(orjson.dumps(body if body is not None else {}), status_code=status,
+                    media_type="application/json")
+
+
+def create_app(settings: Settings, **clients):
+    @asynccontextmanager
+    async def lifespan(app):
+        svc = TransportService(settings, **clients)
+        app.state.svc = svc
+        try:
+            yield
+        finally:
+            await svc.stop()
+
+    app = new_app("fedstack-transport", settings.secret(), lifespan=lifespan)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+
+    @app.get("/_matrix/key/v2/server", tags=["keys"])
+    async def key_server(request: Request):
+        s = request.app.state.svc
+        return json_response(our_key_response(settings.server_name, s.key, settings.key_validity_s))
+
+    @app.get(FED + "/v1/version", tags=["federation"])
+    async def version():
+        return {"server": {"name": "fedstack", "version": "0.1.0"}}
+
+    @app.put(FED + "/v1/send/{txn_id}", tags=["federation"],
+             openapi_extra=body_doc(_Transaction))
+    async def send(txn_id: str, request: Request):
+        s = request.app.state.svc
+        body = await read_json(request)
+        origin = await s.authenticate(request, body)
+        status, data = await s.transaction.inbound_transaction(origin, txn_id, body)
+        return _passthrough(status, data)
+
+    for method, sub in FORWARDED:
+        _add_forward(app, method, sub)
+
+    @app.post(c.REQUEST, tags=["internal"], response_model=c.FederationResponse)
+    async def outbound(body: c.FederationRequest, request: Request):
+        s = request.app.state.svc
+        return await s.fed.request(body.destination, body.method, body.path, query=body.query,
+                                   body=body.body, timeout_s=body.timeout_s)
+
+    @app.get(c.KEYS, tags=["internal"], response_model=c.ServerKeys)
+    async def keys(server_name: str, request: Request):
+        found = await request.app.state.svc.keys.get(server_name)
+        if found is None:
+            raise MatrixError(404, "M_NOT_FOUND", f"no keys for {server_name}")
+        return found
+
+    return app
+
+
+def _add_forward(app, method: str, sub: str) -> None:
+    has_body = method in ("PUT", "POST")
+
+    async def forward(request: Request):
+        s = request.app.state.svc
+        content = await read_json(request) if has_body else None
+        origin = await s.authenticate(request, content)
+        s.origin_seen(origin)
+        path = raw_uri(request.scope)[len(FED):]
+        status, data = await s.pdu.request(
+            method, pdu_c.FEDERATION + path, content, headers={pdu_c.ORIGIN_HEADER: origin})
+        return _passthrough(status, data)
+
+    extra = body_doc(_AnyObject) if has_body else None
+    app.add_api_route(FED + sub, forward, methods=[method], tags=["federation"],
+                      openapi_extra=extra, name=f"{method.lower()}_{sub.strip('/').replace('/', '_')}")
+
+
+from pydantic import BaseModel, ConfigDict  # noqa: E402
+
+
+class _Transaction(BaseModel):
+    origin: str
+    origin_server_ts: int
+    pdus: list[dict]
+    edus: list[dict] = []
+
+
+class _AnyObject(BaseModel):
+    model_config = ConfigDict(extra="allow")

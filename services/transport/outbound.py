@@ -1,0 +1,125 @@
+"""Every request this homeserver makes to another server: X-Matrix signed, over HTTPS.
+
+Invariants:
+- Destinations are named `host[:port]`; an IP literal or a name with a port is contacted
+  directly (no .well-known or SRV look-up: spec rules 1 and 2); a bare name uses port 8448.
+- Requests to loopback, private or link-local addresses are refused unless
+  `allow_private_destinations` is set.
+- A failure to get an HTTP answer is reported as status 0 with an error, never raised.
+- Response bodies over MAX_RESPONSE_BYTES are cut off and reported as an error.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from urllib.parse import urlencode
+
+import httpx
+import orjson
+
+from shared.crypto import SigningKey
+from shared.xmatrix import sign_request
+
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+
+
+def split_server_name(server_name: str) -> tuple[str, int]:
+    if server_name.startswith("["):
+        host, _, rest = server_name[1:].partition("]")
+        port = int(rest[1:]) if rest.startswith(":") else 8448
+        return host, port
+    host, sep, port = server_name.rpartition(":")
+    if sep and port.isdigit():
+        return host, int(port)
+    return server_name, 8448
+
+
+def _is_private(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip)
+    return addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_reserved \
+        or addr.is_multicast or addr.is_unspecified
+
+
+class FederationClient:
+    def __init__(self, settings, key: SigningKey, *, transports: dict | None = None):
+        self.server_name = settings.server_name
+        self.key = key
+        self.allow_private = settings.allow_private_destinations
+        self.timeout = settings.federation_timeout_s
+        # `transports` maps a server name to an httpx transport (in-process tests only).
+        self._transports = transports or {}
+        self._http = httpx.AsyncClient(verify=settings.verify_tls, timeout=self.timeout,
+                                       limits=httpx.Limits(max_connections=200,
+                                                           max_keepalive_connections=50))
+        self._per_dest: dict[str, httpx.AsyncClient] = {}
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+        for c in self._per_dest.values():
+            await c.aclose()
+
+    def _client_for(self, destination: str) -> httpx.AsyncClient:
+        t = self._transports.get(destination)
+        if t is None:
+            return self._http
+        if destination not in self._per_dest:
+            self._per_dest[destination] = httpx.AsyncClient(transport=t, timeout=self.timeout)
+        return self._per_dest[destination]
+
+    async def _check_destination(self, destination: str) -> str | None:
+        if self.allow_private or destination in self._transports:
+            return None
+        host, port = split_server_name(destination)
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            return f"cannot resolve {host}: {exc}"
+        if any(_is_private(info[4][0]) for info in infos):
+            return f"{destination} resolves to a private address; refused"
+        return None
+
+    async def request(self, destination: str, method: str, path: str, *, query=(),
+                      body=None, timeout_s=None, sign: bool = True) -> dict:
+        """One request; returns {"status", "body", "error"} (status 0: no HTTP answer)."""
+        if destination == self.server_name:
+            return {"status": 0, "body": None, "error": "refusing to send to ourselves"}
+        refused = await self._check_destination(destination)
+        if refused:
+            return {"status": 0, "body": None, "error": refused}
+        uri = path + ("?" + urlencode(list(query)) if query else "")
+        headers = {}
+        content = None
+        if body is not None:
+            content = orjson.dumps(body)
+            headers["content-type"] = "application/json"
+        if sign:
+            headers["authorization"] = sign_request(method, uri, self.server_name, destination,
+                                                    self.key, body)
+        host, port = split_server_name(destination)
+        hostpart = f"[{host}]" if ":" in host else host
+        url = f"https://{hostpart}:{port}{uri}"
+        try:
+            async with self._client_for(destination).stream(
+                    method, url, content=content, headers=headers,
+                    timeout=timeout_s or self.timeout) as resp:
+                data = bytearray()
+                async for chunk in resp.aiter_bytes():
+                    data += chunk
+                    if len(data) > MAX_RESPONSE_BYTES:
+                        return {"status": 0, "body": None, "error": "response too large"}
+                status = resp.status_code
+        except (httpx.HTTPError, OSError, asyncio.TimeoutError) as exc:
+            return {"status": 0, "body": None, "error": f"{type(exc).__name__}: {exc}"}
+        try:
+            parsed = orjson.loads(data) if data else None
+        except orjson.JSONDecodeError:
+            return {"status": status, "body": None, "error": "response is not JSON"}
+        return {"status": status, "body": parsed, "error": None}
+
+    async def fetch_server_keys(self, server_name: str) -> dict:
+        resp = await self.request(server_name, "GET", "/_matrix/key/v2/server", sign=False,
+                                  timeout_s=10)
+        if resp["status"] != 200:
+            raise RuntimeError(f"key fetch from {server_name} failed: {resp['status']} {resp['error']}")
+        return resp["body"]

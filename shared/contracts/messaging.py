@@ -1,0 +1,112 @@
+"""Contract of the messaging service: the public domain API a homeserver, bridge or bot
+uses, plus the callback body subscribers receive."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel
+
+from shared.internal import InternalClient
+
+ROOMS = "/v1/rooms"
+JOIN = "/v1/rooms/{room_id}/join"
+INVITE = "/v1/rooms/{room_id}/invite"
+LEAVE = "/v1/rooms/{room_id}/leave"
+EVENTS = "/v1/rooms/{room_id}/events"
+STATE = "/v1/rooms/{room_id}/state"
+SUBSCRIPTIONS = "/v1/subscriptions"
+SUBSCRIPTION = "/v1/subscriptions/{subscription_id}"
+
+
+class CreateRoomRequest(BaseModel):
+    creator: str
+    room_version: Literal["10", "11", "12"] = "12"
+    preset: Literal["public_chat", "private_chat"] = "private_chat"
+    name: str | None = None
+
+
+class JoinRequest(BaseModel):
+    user_id: str
+    servers: list[str] = []
+
+
+class InviteRequest(BaseModel):
+    sender: str
+    user_id: str
+
+
+class LeaveRequest(BaseModel):
+    user_id: str
+
+
+class SendRequest(BaseModel):
+    sender: str
+    type: str
+    content: dict
+    state_key: str | None = None
+    txn_id: str | None = None
+
+
+class EventsPage(BaseModel):
+    events: list[dict]      # full events, each with event_id and a "position"
+    next: int               # pass as `after` to continue
+
+
+class SubscriptionRequest(BaseModel):
+    url: str
+    room_id: str | None = None
+    types: list[str] | None = None
+
+
+class SubscriptionResponse(BaseModel):
+    subscription_id: str
+
+
+class CallbackBody(BaseModel):
+    """POSTed to a subscription's url; retried until 2xx. `position` of the last event
+    lets a receiver drop a repeat after a crash between its 2xx and our bookkeeping."""
+    subscription_id: str
+    events: list[dict]
+    position: int
+
+
+class MessagingClient(InternalClient):
+    """A small typed client for the domain API (tests, benchmarks, bots)."""
+
+    def __init__(self, base_url: str, **kw):
+        super().__init__(base_url, secret="", **kw)
+
+    async def create_room(self, creator, **kw) -> str:
+        return (await self.call("POST", ROOMS, {"creator": creator, **kw}))["room_id"]
+
+    async def join(self, room_id, user_id, servers=()) -> str:
+        return (await self.call("POST", JOIN.format(room_id=room_id),
+                                {"user_id": user_id, "servers": list(servers)}))["event_id"]
+
+    async def invite(self, room_id, sender, user_id) -> str:
+        return (await self.call("POST", INVITE.format(room_id=room_id),
+                                {"sender": sender, "user_id": user_id}))["event_id"]
+
+    async def leave(self, room_id, user_id) -> str:
+        return (await self.call("POST", LEAVE.format(room_id=room_id), {"user_id": user_id}))["event_id"]
+
+    async def send(self, room_id, sender, type, content, state_key=None, txn_id=None) -> str:
+        body = {"sender": sender, "type": type, "content": content}
+        if state_key is not None:
+            body["state_key"] = state_key
+        if txn_id is not None:
+            body["txn_id"] = txn_id
+        return (await self.call("POST", EVENTS.format(room_id=room_id), body))["event_id"]
+
+    async def events(self, room_id, after=0, limit=100) -> dict:
+        return await self.call("GET", EVENTS.format(room_id=room_id), params={"after": after, "limit": limit})
+
+    async def state(self, room_id) -> list[dict]:
+        return (await self.call("GET", STATE.format(room_id=room_id)))["state"]
+
+    async def subscribe(self, url, room_id=None, types=None) -> str:
+        return (await self.call("POST", SUBSCRIPTIONS, {"url": url, "room_id": room_id,
+                                                        "types": types}))["subscription_id"]
+
+    async def unsubscribe(self, subscription_id) -> None:
+        await self.call("DELETE", SUBSCRIPTION.format(subscription_id=subscription_id))

@@ -1,0 +1,103 @@
+"""Contract of the pdu service's internal API.
+
+Called by messaging (rooms, events, membership), by the transaction service's relay
+(inbound PDUs) and by transport (federation queries: `/federation/...` mirrors the public
+`/_matrix/federation/...` path, with the authenticated origin in `ORIGIN_HEADER`).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel
+
+from shared.internal import InternalClient
+
+PREFIX = "/_internal/pdu/v1"
+INBOUND = PREFIX + "/inbound"
+ROOMS = PREFIX + "/rooms"
+SEND = PREFIX + "/rooms/{room_id}/send"
+JOIN = PREFIX + "/rooms/{room_id}/join"
+INVITE = PREFIX + "/rooms/{room_id}/invite"
+LEAVE = PREFIX + "/rooms/{room_id}/leave"
+STATE = PREFIX + "/rooms/{room_id}/state"
+FEDERATION = PREFIX + "/federation"     # + the path after /_matrix/federation
+ORIGIN_HEADER = "x-fedstack-origin"
+
+
+class InboundItem(BaseModel):
+    inbox_id: int
+    origin: str
+    room_id: str
+    pdu: dict
+
+
+class InboundBatch(BaseModel):
+    """Staged PDUs, oldest first. The pdu service consumes every inbox_id it is given
+    (persisted, or dropped as invalid) in the same commit as the events."""
+    items: list[InboundItem]
+
+
+class CreateRoom(BaseModel):
+    creator: str
+    room_version: Literal["10", "11", "12"] = "12"
+    preset: Literal["public_chat", "private_chat"] = "private_chat"
+    name: str | None = None
+
+
+class SendEvent(BaseModel):
+    sender: str
+    type: str
+    content: dict
+    state_key: str | None = None
+    txn_id: str | None = None
+
+
+class Join(BaseModel):
+    user_id: str
+    servers: list[str] = []
+
+
+class Invite(BaseModel):
+    sender: str
+    user_id: str
+
+
+class Leave(BaseModel):
+    user_id: str
+
+
+class EventIdResponse(BaseModel):
+    event_id: str
+
+
+class RoomIdResponse(BaseModel):
+    room_id: str
+
+
+class StateResponse(BaseModel):
+    room_id: str
+    room_version: str
+    state: list[dict]
+
+
+class PduClient(InternalClient):
+    async def inbound(self, items: list[dict]) -> dict:
+        return await self.call("POST", INBOUND, {"items": items})
+
+    async def create_room(self, body: dict) -> dict:
+        return await self.call("POST", ROOMS, body)
+
+    async def send(self, room_id: str, body: dict) -> dict:
+        return await self.call("POST", SEND.format(room_id=room_id), body)
+
+    async def join(self, room_id: str, body: dict) -> dict:
+        return await self.call("POST", JOIN.format(room_id=room_id), body)
+
+    async def invite(self, room_id: str, body: dict) -> dict:
+        return await self.call("POST", INVITE.format(room_id=room_id), body)
+
+    async def leave(self, room_id: str, body: dict) -> dict:
+        return await self.call("POST", LEAVE.format(room_id=room_id), body)
+
+    async def state(self, room_id: str) -> dict:
+        return await self.call("GET", STATE.format(room_id=room_id))

@@ -1,0 +1,162 @@
+"""Contract of the transaction service's internal API.
+
+The transaction service owns the database; pdu and messaging persist through these routes,
+transport hands it inbound transactions, pdu sends outbound federation requests through it.
+
+State is stored as immutable *state groups*: a group is a base group plus a delta of
+`[type, state_key, event_id]` rows (or a full snapshot). A `StateSpec` names a group:
+`{"group": 7}` an existing one, `{"same_as": "$e"}` the group after event `$e` (stored or
+earlier in the same persist call), `{"base": <spec or null>, "delta": [[t, sk, id], ...]}`
+a new group.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from shared.internal import InternalClient
+
+PREFIX = "/_internal/transaction/v1"
+INBOUND = PREFIX + "/inbound/{origin}/{txn_id}"
+FEDERATION_REQUEST = PREFIX + "/federation_request"
+SERVER_KEYS = PREFIX + "/server_keys/{server_name}"
+DESTINATION_UP = PREFIX + "/destinations/{destination}/up"
+DESTINATIONS = PREFIX + "/destinations"
+PERSIST = PREFIX + "/events/persist"
+GET_EVENTS = PREFIX + "/events/get"
+ROOM = PREFIX + "/rooms/{room_id}"
+STATE_GROUPS = PREFIX + "/state_groups/get"
+STREAM = PREFIX + "/stream"
+CLIENT_TXN = PREFIX + "/client_txns/get"
+SUBSCRIPTIONS = PREFIX + "/subscriptions"
+SUBSCRIPTION = PREFIX + "/subscriptions/{subscription_id}"
+SUBSCRIPTION_POSITION = PREFIX + "/subscriptions/{subscription_id}/position"
+
+
+class PersistEvent(BaseModel):
+    event_id: str
+    room_id: str
+    event: dict                       # the full event as on the wire (no event_id key needed)
+    outlier: bool = False             # known but outside the room's DAG view (no state)
+    rejected: str | None = None       # reason, when the event failed auth
+    soft_failed: bool = False
+    state_after: dict | None = None   # StateSpec for the state after this event
+
+
+class PersistRoom(BaseModel):
+    room_id: str
+    room_version: str | None = None             # given when the room is new to us
+    extremities: list[str] | None = None        # the new forward extremities
+    expect_extremities: list[str] | None = None  # compare-and-set: 409 if they differ
+    current_state: dict | None = None           # StateSpec for the room's current state
+
+
+class PersistRequest(BaseModel):
+    """One atomic commit: events, room updates, outbox rows, inbox removals, client txn."""
+    events: list[PersistEvent] = []
+    rooms: list[PersistRoom] = []
+    destinations: dict[str, list[str]] = {}     # event_id -> servers to send it to
+    inbox_ids: list[int] = []                   # inbox rows this commit consumes
+    client_txn: dict | None = None              # {sender, txn_id, event_id}
+
+
+class PersistResponse(BaseModel):
+    events: dict[str, dict]                     # event_id -> {stream, new}
+    client_txn_event_id: str | None = None      # set when the client txn already existed
+
+
+class EventRecord(BaseModel):
+    event_id: str
+    room_id: str
+    event: dict
+    outlier: bool
+    rejected: str | None
+    soft_failed: bool
+    state_group: int | None
+    stream: int
+
+
+class RoomInfo(BaseModel):
+    room_id: str
+    room_version: str
+    extremities: list[str]
+    current_state_group: int | None
+
+
+class StreamResponse(BaseModel):
+    events: list[dict]          # {"position": n, "event": {...with event_id}}
+    next: int                   # position to continue from
+
+
+class SubscriptionIn(BaseModel):
+    url: str
+    room_id: str | None = None
+    types: list[str] | None = None
+
+
+class Subscription(SubscriptionIn):
+    subscription_id: str
+    position: int
+
+
+class TransactionClient(InternalClient):
+    """Typed client; methods return plain dicts (hot paths avoid pydantic round trips)."""
+
+    async def inbound_transaction(self, origin: str, txn_id: str, body: dict) -> tuple[int, Any]:
+        return await self.request("PUT", INBOUND.format(origin=origin, txn_id=txn_id), body)
+
+    async def federation_request(self, destination, method, path, *, query=None, body=None,
+                                 timeout_s=None) -> dict:
+        return await self.call("POST", FEDERATION_REQUEST, {
+            "destination": destination, "method": method, "path": path,
+            "query": list(query or []), "body": body, "timeout_s": timeout_s})
+
+    async def server_keys(self, server_name: str) -> dict:
+        return await self.call("GET", SERVER_KEYS.format(server_name=server_name))
+
+    async def destination_up(self, destination: str) -> None:
+        await self.call("POST", DESTINATION_UP.format(destination=destination), {})
+
+    async def persist(self, request: dict) -> dict:
+        return await self.call("POST", PERSIST, request)
+
+    async def get_events(self, event_ids) -> dict[str, dict]:
+        if not event_ids:
+            return {}
+        return (await self.call("POST", GET_EVENTS, {"event_ids": list(event_ids)}))["events"]
+
+    async def get_room(self, room_id: str) -> dict | None:
+        status, data = await self.request("GET", ROOM.format(room_id=room_id))
+        if status == 404:
+            return None
+        if status >= 300:
+            await self.call("GET", ROOM.format(room_id=room_id))
+        return data
+
+    async def state_groups(self, groups) -> dict[int, list]:
+        data = await self.call("POST", STATE_GROUPS, {"groups": list(groups)})
+        return {int(k): v for k, v in data["groups"].items()}
+
+    async def stream(self, after: int, limit: int = 100, room_id: str | None = None,
+                     timeout_ms: int = 0) -> dict:
+        params = {"after": after, "limit": limit, "timeout_ms": timeout_ms}
+        if room_id:
+            params["room_id"] = room_id
+        return await self.call("GET", STREAM, params=params)
+
+    async def client_txn(self, sender: str, txn_id: str) -> str | None:
+        return (await self.call("POST", CLIENT_TXN, {"sender": sender, "txn_id": txn_id}))["event_id"]
+
+    async def add_subscription(self, sub: dict) -> dict:
+        return await self.call("POST", SUBSCRIPTIONS, sub)
+
+    async def list_subscriptions(self) -> list[dict]:
+        return (await self.call("GET", SUBSCRIPTIONS))["subscriptions"]
+
+    async def delete_subscription(self, subscription_id: str) -> None:
+        await self.call("DELETE", SUBSCRIPTION.format(subscription_id=subscription_id))
+
+    async def set_subscription_position(self, subscription_id: str, position: int) -> None:
+        await self.call("PUT", SUBSCRIPTION_POSITION.format(subscription_id=subscription_id),
+                        {"position": position})

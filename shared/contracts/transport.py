@@ -1,0 +1,46 @@
+"""Contract of the transport service's internal API (called by the transaction service)."""
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from shared.internal import InternalClient
+
+PREFIX = "/_internal/transport/v1"
+REQUEST = PREFIX + "/request"
+KEYS = PREFIX + "/keys/{server_name}"
+
+
+class FederationRequest(BaseModel):
+    """One outbound federation request, signed with X-Matrix by the transport."""
+    destination: str
+    method: str
+    path: str                                   # raw path starting with /_matrix/, already encoded
+    query: list[tuple[str, str]] = []
+    body: dict | None = None
+    timeout_s: float | None = None
+
+
+class FederationResponse(BaseModel):
+    """`status` 0 means no HTTP answer (connection refused, reset, timeout): see `error`."""
+    status: int
+    body: dict | list | None = None
+    error: str | None = None
+
+
+class ServerKeys(BaseModel):
+    """A remote server's verified keys. Keys are unpadded base64 ed25519 public keys."""
+    server_name: str
+    verify_keys: dict[str, str]
+    old_verify_keys: dict[str, dict] = {}
+    valid_until_ts: int
+
+
+class TransportClient(InternalClient):
+    async def federation_request(self, destination: str, method: str, path: str, *,
+                                 query=None, body=None, timeout_s=None) -> dict:
+        return await self.call("POST", REQUEST, {
+            "destination": destination, "method": method, "path": path,
+            "query": list(query or []), "body": body, "timeout_s": timeout_s})
+
+    async def server_keys(self, server_name: str) -> dict:
+        return await self.call("GET", KEYS.format(server_name=server_name))

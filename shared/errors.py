@@ -1,0 +1,73 @@
+"""Matrix-style errors and the handlers that turn every failure into `{errcode, error}`.
+
+Invariant: no route of any service answers with a traceback or a non-JSON body. Unknown
+paths are `404 M_UNRECOGNIZED`, wrong methods `405 M_UNRECOGNIZED`, body shape errors
+`400 M_BAD_JSON`, and anything unexpected `500 M_UNKNOWN` (logged, not echoed).
+"""
+from __future__ import annotations
+
+import logging
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+log = logging.getLogger("fedstack.errors")
+
+
+class MatrixError(Exception):
+    """An error with a Matrix errcode; `extra` fields are merged into the JSON body."""
+
+    def __init__(self, status: int, errcode: str, error: str, **extra):
+        super().__init__(f"{status} {errcode}: {error}")
+        self.status = status
+        self.errcode = errcode
+        self.error = error
+        self.extra = extra
+
+    def body(self) -> dict:
+        return {"errcode": self.errcode, "error": self.error, **self.extra}
+
+
+def json_response(body, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS), status_code=status, media_type="application/json",
+                    headers=headers)
+
+
+def error_response(status: int, errcode: str, error: str, **extra) -> Response:
+    return json_response({"errcode": errcode, "error": error, **extra}, status)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register handlers so every error leaves the app as a Matrix error body."""
+
+    @app.exception_handler(MatrixError)
+    async def _matrix(_req: Request, exc: MatrixError):
+        headers = None
+        if exc.status == 429 and "retry_after_ms" in exc.extra:
+            headers = {"Retry-After": str(max(1, int(exc.extra["retry_after_ms"]) // 1000))}
+        return json_response(exc.body(), exc.status, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_req: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        errcode = "M_NOT_JSON" if first.get("type") == "json_invalid" else "M_BAD_JSON"
+        return error_response(400, errcode, f"invalid request: {where}: {first.get('msg', '')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req: Request, exc: StarletteHTTPException):
+        if exc.status_code == 404:
+            return error_response(404, "M_UNRECOGNIZED", "Unrecognized request")
+        if exc.status_code == 405:
+            return error_response(405, "M_UNRECOGNIZED", "Method not allowed")
+        if exc.status_code == 413:
+            return error_response(413, "M_TOO_LARGE", "Request body too large")
+        return error_response(exc.status_code, "M_UNKNOWN", str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(req: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", req.method, req.url.path)
+        return error_response(500, "M_UNKNOWN", "Internal server error")

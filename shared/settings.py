@@ -1,0 +1,93 @@
+"""Settings shared by the four services, read from `FEDSTACK_*` environment variables.
+
+One dataclass for all layers so that `fedstack up`, compose and tests configure a homeserver
+the same way. Every field has a documented default; `from_env()` never reads files, and
+`internal_secret` is resolved from `internal_secret_path` when not given directly.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    server_name: str = "localhost:8448"          # our Matrix server name
+    data_dir: str = "./data"                     # key, certificate, secret, database
+    signing_key_path: str = ""                   # default: <data_dir>/signing.key
+    tls_cert_path: str = ""                      # default: <data_dir>/tls.crt
+    tls_key_path: str = ""                       # default: <data_dir>/tls.key
+    db_path: str = ""                            # default: <data_dir>/fedstack.db
+    internal_secret: str = ""                    # default: read <data_dir>/internal_secret
+    transport_url: str = "http://127.0.0.1:8101"   # internal URL of the transport service
+    transaction_url: str = "http://127.0.0.1:8102"
+    pdu_url: str = "http://127.0.0.1:8103"
+    messaging_url: str = "http://127.0.0.1:8104"
+    verify_tls: bool = True                      # verify remote servers' TLS certificates
+    allow_private_destinations: bool = False     # allow federation to loopback/private IPs
+    backoff_min_s: float = 2.0                   # first retry delay for a failing destination
+    backoff_max_s: float = 3600.0                # cap of the doubling retry delay
+    federation_timeout_s: float = 30.0           # outbound federation request timeout
+    max_body_bytes: int = 12 * 1024 * 1024       # inbound request body cap (413 beyond)
+    key_validity_s: int = 86400                  # valid_until_ts of our key response
+    bind_host: str = "127.0.0.1"                 # where `fedstack serve` listens
+    port: int = 0                                # this service's HTTP port (serve)
+    federation_port: int = 8448                  # transport's public HTTPS port (serve)
+
+    def path(self, name: str) -> Path:
+        """The configured path of `name` (e.g. "signing_key"), or its data-dir default."""
+        explicit = getattr(self, f"{name}_path")
+        defaults = {"signing_key": "signing.key", "tls_cert": "tls.crt",
+                    "tls_key": "tls.key", "db": "fedstack.db"}
+        return Path(explicit) if explicit else Path(self.data_dir) / defaults[name]
+
+    def secret(self) -> str:
+        """The internal secret: given directly, or read from the data directory."""
+        if self.internal_secret:
+            return self.internal_secret
+        p = Path(self.data_dir) / "internal_secret"
+        return p.read_text().strip() if p.exists() else ""
+
+    @classmethod
+    def from_env(cls, env: dict | None = None, **overrides) -> "Settings":
+        env = os.environ if env is None else env
+        values = {}
+        for f in fields(cls):
+            raw = env.get("FEDSTACK_" + f.name.upper())
+            if raw is None:
+                continue
+            if f.type in ("bool", bool):
+                values[f.name] = raw.lower() in ("1", "true", "yes", "on")
+            elif f.type in ("int", int):
+                values[f.name] = int(raw)
+            elif f.type in ("float", float):
+                values[f.name] = float(raw)
+            else:
+                values[f.name] = raw
+        values.update(overrides)
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes `from_env()` give back these settings."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out["FEDSTACK_" + f.name.upper()] = str(v).lower() if isinstance(v, bool) else str(v)
+        return out
+
+    def with_(self, **changes) -> "Settings":
+        return replace(self, **changes)
+
+
+def ensure_internal_secret(data_dir: str | Path) -> str:
+    """Create `<data_dir>/internal_secret` (mode 0600) once; return its value."""
+    p = Path(data_dir) / "internal_secret"
+    if not p.exists():
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(secrets.token_urlsafe(32))
+        tmp.chmod(0o600)
+        tmp.replace(p)
+    return p.read_text().strip()
