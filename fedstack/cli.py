@@ -165,11 +165,19 @@ def main(argv=None) -> int:
                     help="allow federation to loopback/private addresses (local testing)")
     up.add_argument("--no-verify-tls", action="store_true",
                     help="accept self-signed certificates of other servers (local testing)")
+    init = sub.add_parser("init", help="create the signing key, TLS certificate and internal secret")
+    init.add_argument("--server-name", required=True)
+    init.add_argument("--data-dir", required=True)
     sv = sub.add_parser("serve", help="run one service from FEDSTACK_* settings")
     sv.add_argument("service", choices=SERVICES)
     args = parser.parse_args(argv)
     if args.cmd == "serve":
         serve(args.service, Settings.from_env())
+        return 0
+    if args.cmd == "init":
+        settings = Settings(server_name=args.server_name, data_dir=args.data_dir)
+        prepare_data_dir(settings)
+        print(f"created key, certificate and secret in {args.data_dir}")
         return 0
     extra = {}
     if args.allow_private_destinations:
