@@ -46,7 +46,7 @@ def prepare_data_dir(settings: Settings) -> None:
 def _uvicorn_config(app, host, port, **kw):
     import uvicorn
     return uvicorn.Config(app, host=host, port=port, log_level=os.environ.get("FEDSTACK_LOG_LEVEL", "warning"),
-                          access_log=False, loop="uvloop", http="httptools", timeout_graceful_shutdown=5, **kw)
+                          access_log=False, loop="uvloop", http="httptools", timeout_graceful_shutdown=3, **kw)
 
 
 def serve(service: str, settings: Settings) -> None:
@@ -97,7 +97,7 @@ class Homeserver:
         return cls(settings, ports, Path(settings.data_dir) / "logs")
 
     def start_service(self, service: str) -> None:
-        env = dict(os.environ, **self.settings.to_env(), FEDSTACK_PORT=str(self.ports[service]))
+        env = {**os.environ, **self.settings.to_env(), "FEDSTACK_PORT": str(self.ports[service])}
         out = None
         if self.log_dir:
             self.log_dir.mkdir(parents=True, exist_ok=True)

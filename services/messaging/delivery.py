@@ -18,7 +18,7 @@ import orjson
 log = logging.getLogger("fedstack.messaging.delivery")
 
 BATCH = 100
-POLL_MS = 20000
+POLL_MS = 5000
 RETRY_MIN_S, RETRY_MAX_S = 0.2, 30.0
 
 
@@ -29,7 +29,19 @@ class Delivery:
         self._tasks: dict[str, asyncio.Task] = {}
 
     async def start(self) -> None:
-        for sub in await self.tx.list_subscriptions():
+        """Load the subscriptions in the background: the transaction service may start
+        after us, so this retries until it answers."""
+        self._tasks["_load"] = asyncio.create_task(self._load())
+
+    async def _load(self) -> None:
+        while True:
+            try:
+                subs = await self.tx.list_subscriptions()
+                break
+            except Exception as exc:  # noqa: BLE001 - not reachable yet
+                log.info("loading subscriptions failed (%s); retrying", exc)
+                await asyncio.sleep(RETRY_MIN_S)
+        for sub in subs:
             self.add(sub)
 
     async def stop(self) -> None:

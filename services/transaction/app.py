@@ -131,7 +131,14 @@ def create_app(settings: Settings, **clients):
     @app.get(c.STREAM, tags=["events"], response_model=c.StreamResponse)
     async def stream(request: Request, after: int = 0, limit: int = Query(100, ge=1, le=1000),
                      room_id: str | None = None, timeout_ms: int = Query(0, ge=0, le=60000)):
-        return json_response(await svc(request).wait_stream(after, limit, room_id, timeout_ms))
+        waiter = asyncio.ensure_future(svc(request).wait_stream(after, limit, room_id, timeout_ms))
+        while True:  # a long poll ends early when its caller has gone away
+            done, _ = await asyncio.wait({waiter}, timeout=0.5)
+            if done:
+                return json_response(waiter.result())
+            if await request.is_disconnected():
+                waiter.cancel()
+                return json_response({"events": [], "next": after})
 
     @app.post(c.CLIENT_TXN, tags=["events"])
     async def client_txn(body: _ClientTxn, request: Request):
