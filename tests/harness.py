@@ -60,6 +60,35 @@ class Receiver:
         raise AssertionError(f"timed out; have {len(self.events(subscription_id))} events")
 
 
+class Link(httpx.AsyncBaseTransport):
+    """The network path to one homeserver: can be taken down, and records the /send
+    transactions that cross it (size, and how many were in flight at once)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport):
+        self.inner = inner
+        self.down = False
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.sends: list[tuple[str, int]] = []   # (txn path, number of PDUs)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.down:
+            raise httpx.ConnectError("link down", request=request)
+        is_send = "/federation/v1/send/" in request.url.path
+        if is_send:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            resp = await self.inner.handle_async_request(request)
+            if is_send and resp.status_code == 200:
+                import orjson
+                self.sends.append((request.url.path, len(orjson.loads(request.content)["pdus"])))
+            return resp
+        finally:
+            if is_send:
+                self.in_flight -= 1
+
+
 class InProcessHomeserver:
     def __init__(self, server_name: str, data_dir: Path, network: dict, receiver: Receiver, **extra):
         self.server_name = server_name
@@ -85,7 +114,8 @@ class InProcessHomeserver:
             s, pdu_client=PduClient("http://pdu", secret, transport=asgi(self.pdu_app)),
             transaction_client=TransactionClient("http://tx", secret, transport=asgi(self.tx_app)),
             callback_http=httpx.AsyncClient(transport=asgi(self.receiver.app), base_url="http://cb"))
-        self.network[self.server_name] = asgi(self.transport_app)
+        self.link = Link(asgi(self.transport_app))
+        self.network[self.server_name] = self.link
         for app in (self.transport_app, self.tx_app, self.pdu_app, self.messaging_app):
             await self._stack.enter_async_context(app.router.lifespan_context(app))
         self.api = MessagingClient("http://messaging", transport=asgi(self.messaging_app))
