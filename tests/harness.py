@@ -67,12 +67,20 @@ class Link(httpx.AsyncBaseTransport):
     def __init__(self, inner: httpx.AsyncBaseTransport):
         self.inner = inner
         self.down = False
+        self.blocked_origins: set[str] = set()   # a partition: these servers can't reach us
         self.in_flight = 0
         self.max_in_flight = 0
         self.sends: list[tuple[str, int]] = []   # (txn path, number of PDUs)
 
+    @staticmethod
+    def _origin(request: httpx.Request) -> str | None:
+        auth = request.headers.get("authorization", "")
+        if 'origin="' in auth:
+            return auth.split('origin="', 1)[1].split('"', 1)[0]
+        return None
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self.down:
+        if self.down or self._origin(request) in self.blocked_origins:
             raise httpx.ConnectError("link down", request=request)
         is_send = "/federation/v1/send/" in request.url.path
         if is_send:
@@ -87,6 +95,18 @@ class Link(httpx.AsyncBaseTransport):
         finally:
             if is_send:
                 self.in_flight -= 1
+
+
+def partition(*groups: list["InProcessHomeserver"]) -> None:
+    """Cut every link between servers of different groups (and heal links within one)."""
+    for g in groups:
+        for hs in g:
+            hs.link.blocked_origins = {o.server_name for other in groups if other is not g for o in other}
+
+
+def heal(*servers: "InProcessHomeserver") -> None:
+    for hs in servers:
+        hs.link.blocked_origins = set()
 
 
 class InProcessHomeserver:
