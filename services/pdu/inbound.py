@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from services.pdu.authrules import AuthError, check_auth, check_auth_events_list
 from services.pdu.keyring import SignatureFailed
+from services.pdu.redaction import redaction_update, redacts_target
 from services.pdu.rooms import create_event_of
 from services.pdu.state import resolve, state_spec
 from services.pdu.storage import wire
@@ -143,6 +144,8 @@ class InboundHandler:
         req = {"events": [{"event_id": event_id, "room_id": room_id, "event": wire(pdu),
                            "rejected": rejected, "soft_failed": soft_failed, "state_after": spec}],
                "inbox_ids": inbox_ids, "rooms": []}
+        if rejected is None and not soft_failed:
+            await self._apply_redaction(ev, rv, before_events, create, req)
         if rejected is None and forward_to:
             req["destinations"] = {event_id: sorted(forward_to)}
         if rejected is None and not soft_failed:
@@ -162,6 +165,16 @@ class InboundHandler:
             if exc.status == 409:   # another writer moved the room on: redo against it
                 return await self._authorise_and_store(pdu, event_id, rv, inbox_ids, forward_to)
             raise
+
+    async def _apply_redaction(self, ev, rv, state_events, create, req) -> None:
+        target = redacts_target(ev, rv)
+        if target is None:
+            return
+        rec = (await self.storage.records([target])).get(target)
+        update = redaction_update(ev, rec, state_events, rv, create)
+        if update:
+            req["redactions"] = [update]
+            self.storage.forget(target)
 
     async def _check_auth_events(self, ev: dict, rv, create) -> str | None:
         recs = await self.storage.records(ev["auth_events"])

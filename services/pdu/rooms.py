@@ -15,6 +15,7 @@ import secrets
 
 from services.pdu.authrules import AuthError, check_auth
 from services.pdu.builder import build_event
+from services.pdu.redaction import redaction_update, redacts_target
 from services.pdu.state import state_spec
 from services.pdu.storage import wire
 from shared.errors import MatrixError
@@ -126,9 +127,12 @@ class RoomHandler:
         rv = get_room_version(room["room_version"])
         state = await self.storage.state_map(room["current_state_group"])
         prev = list((await self.storage.events(room["extremities"])).values())
+        extra = None
+        if type_ == "m.room.redaction" and not rv.redaction_v11:
+            extra = {"redacts": content.get("redacts")}   # v10 keeps it at the top level
         ev = build_event(rv=rv, server_name=self.server_name, key=self.key,
                          room_id=room_id, sender=sender, type=type_, content=content,
-                         state_key=state_key, prev=prev, state=state)
+                         state_key=state_key, prev=prev, state=state, extra=extra)
         state_events = await self.storage.state_events(state)
         try:
             check_auth(ev, state_events, rv.identifier, create_event_of(state_events))
@@ -139,6 +143,13 @@ class RoomHandler:
         if state_key is not None:
             new_state[(type_, state_key)] = ev["event_id"]
             spec = state_spec(room["current_state_group"], state, new_state)
+        target = redacts_target(ev, rv)
+        if target is not None:
+            rec = (await self.storage.records([target])).get(target)
+            update = redaction_update(ev, rec, state_events, rv, create_event_of(state_events))
+            if update is None:
+                raise MatrixError(403, "M_FORBIDDEN", "you may not redact that event")
+            self.storage.forget(target)
         servers = (await joined_servers(self.storage, state)) | await joined_servers(self.storage, new_state)
         servers |= set(extra_destinations)
         servers.discard(self.server_name)
@@ -148,4 +159,6 @@ class RoomHandler:
                           "expect_extremities": room["extremities"],
                           "current_state": {"same_as": ev["event_id"]}}],
                "destinations": {ev["event_id"]: sorted(servers)}}
+        if target is not None:
+            req["redactions"] = [update]
         return ev, req

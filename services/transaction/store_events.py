@@ -112,6 +112,9 @@ def persist(conn, req: dict) -> dict:
             out[ev["event_id"]] = {"stream": None, "new": False, "upgraded": upgraded}
     for room in req.get("rooms", []):
         _update_room(conn, room, groups_by_event)
+    for red in req.get("redactions", []):
+        conn.execute(events.update().where(events.c.event_id == red["event_id"])
+                     .values(json=orjson.dumps(red["event"])))
     dests = {eid: d for eid, d in req.get("destinations", {}).items() if eid in new_ids}
     enqueue_pdus(conn, dests)
     delete_inbox(conn, req.get("inbox_ids", []))

@@ -59,6 +59,7 @@ class PersistRequest(BaseModel):
     destinations: dict[str, list[str]] = {}     # event_id -> servers to send it to
     inbox_ids: list[int] = []                   # inbox rows this commit consumes
     client_txn: dict | None = None              # {sender, txn_id, event_id}
+    redactions: list[dict] = []                 # [{event_id, event}]: stored form replaced
 
 
 class PersistResponse(BaseModel):
