@@ -67,6 +67,21 @@ def create_app(settings: Settings, **clients):
     async def leave(room_id: str, body: c.LeaveRequest, request: Request) -> dict:
         return await svc(request).pdu.leave(room_id, body.model_dump())
 
+    def _moderation(path: str, membership: str):
+        async def moderate(room_id: str, body: c.ModerationRequest, request: Request) -> dict:
+            content = {"membership": membership}
+            if body.reason:
+                content["reason"] = body.reason
+            return await svc(request).pdu.send(room_id, {
+                "sender": body.sender, "type": "m.room.member", "content": content,
+                "state_key": body.user_id})
+        app.add_api_route(path, moderate, methods=["POST"], tags=["rooms"],
+                          name=path.rsplit("/", 1)[1])
+
+    _moderation(c.KICK, "leave")
+    _moderation(c.BAN, "ban")
+    _moderation(c.UNBAN, "leave")
+
     @app.post(c.EVENTS, tags=["events"])
     async def send(room_id: str, body: c.SendRequest, request: Request) -> dict:
         return await svc(request).pdu.send(room_id, body.model_dump())

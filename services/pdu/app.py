@@ -93,9 +93,7 @@ def create_app(settings: Settings, **clients):
 
     @app.post(c.LEAVE, tags=["rooms"], response_model=c.EventIdResponse)
     async def leave(room_id: str, body: c.Leave, request: Request):
-        eid = await svc(request).rooms.send(room_id, body.user_id, "m.room.member",
-                                            {"membership": "leave"}, state_key=body.user_id)
-        return {"event_id": eid}
+        return {"event_id": await svc(request).membership.leave(room_id, body.user_id)}
 
     @app.get(c.STATE, tags=["rooms"], response_model=c.StateResponse)
     async def state(room_id: str, request: Request):

@@ -125,6 +125,45 @@ class MembershipHandler:
                           "current_state": {"same_as": event_id}}]}
         await self.tx.persist(req)
 
+    async def leave(self, room_id: str, user_id: str) -> str:
+        """Leave a room we are in; or reject an invite to a room we are not in, through the
+        inviting server (make_leave / send_leave v2): a join-then-leave would accept it."""
+        self.rooms.require_local(user_id)
+        room = await self.storage.room(room_id)
+        if room is not None and room["current_state_group"] is not None:
+            return await self.rooms.send(room_id, user_id, "m.room.member", {"membership": "leave"},
+                                         state_key=user_id)
+        invite = await self._pending_invite(room_id, user_id)
+        if invite is None:
+            raise MatrixError(404, "M_NOT_FOUND", "not in that room and not invited to it")
+        server = server_of(invite["sender"])
+        made = await self._request(server, "GET", f"/_matrix/federation/v1/make_leave/{q(room_id)}/{q(user_id)}")
+        rv = get_room_version(room["room_version"])
+        template = made.get("event")
+        if (not isinstance(template, dict) or template.get("type") != "m.room.member"
+                or template.get("room_id") != room_id or template.get("sender") != user_id
+                or template.get("state_key") != user_id
+                or (template.get("content") or {}).get("membership") != "leave"):
+            raise MatrixError(502, "M_UNKNOWN", "make_leave template is not the leave we asked for")
+        ev = sign_template(template, rv=rv, server_name=self.server_name, key=self.key)
+        event_id = ev.pop("event_id")
+        await self._request(server, "PUT", f"/_matrix/federation/v2/send_leave/{q(room_id)}/{q(event_id)}",
+                            body=ev)
+        await self.tx.persist({"events": [{"event_id": event_id, "room_id": room_id, "event": ev}]})
+        return event_id
+
+    async def _pending_invite(self, room_id: str, user_id: str) -> dict | None:
+        after, found = 0, None
+        while True:
+            page = await self.tx.stream(after, 500, room_id)
+            for item in page["events"]:
+                ev = item["event"]
+                if ev.get("type") == "m.room.member" and ev.get("state_key") == user_id:
+                    found = ev if ev.get("content", {}).get("membership") == "invite" else None
+            if not page["events"]:
+                return found
+            after = page["next"]
+
     async def invite(self, room_id: str, sender: str, user_id: str) -> str:
         target_server = server_of(user_id)
         if target_server == self.server_name:

@@ -152,6 +152,8 @@ class RoomHandler:
             self.storage.forget(target)
         servers = (await joined_servers(self.storage, state)) | await joined_servers(self.storage, new_state)
         servers |= set(extra_destinations)
+        if type_ == "m.room.member" and state_key:
+            servers.add(server_of(state_key))   # the target's server learns of its membership
         servers.discard(self.server_name)
         req = {"events": [{"event_id": ev["event_id"], "room_id": room_id, "event": wire(ev),
                            "state_after": spec}],

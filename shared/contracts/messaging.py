@@ -12,6 +12,9 @@ ROOMS = "/v1/rooms"
 JOIN = "/v1/rooms/{room_id}/join"
 INVITE = "/v1/rooms/{room_id}/invite"
 LEAVE = "/v1/rooms/{room_id}/leave"
+KICK = "/v1/rooms/{room_id}/kick"
+BAN = "/v1/rooms/{room_id}/ban"
+UNBAN = "/v1/rooms/{room_id}/unban"
 EVENTS = "/v1/rooms/{room_id}/events"
 STATE = "/v1/rooms/{room_id}/state"
 SUBSCRIPTIONS = "/v1/subscriptions"
@@ -37,6 +40,13 @@ class InviteRequest(BaseModel):
 
 class LeaveRequest(BaseModel):
     user_id: str
+
+
+class ModerationRequest(BaseModel):
+    """kick / ban / unban: `sender` acts on `user_id` (any server's user)."""
+    sender: str
+    user_id: str
+    reason: str | None = None
 
 
 class SendRequest(BaseModel):
@@ -89,6 +99,13 @@ class MessagingClient(InternalClient):
 
     async def leave(self, room_id, user_id) -> str:
         return (await self.call("POST", LEAVE.format(room_id=room_id), {"user_id": user_id}))["event_id"]
+
+    async def moderate(self, action: str, room_id, sender, user_id, reason=None) -> str:
+        path = {"kick": KICK, "ban": BAN, "unban": UNBAN}[action]
+        body = {"sender": sender, "user_id": user_id}
+        if reason:
+            body["reason"] = reason
+        return (await self.call("POST", path.format(room_id=room_id), body))["event_id"]
 
     async def send(self, room_id, sender, type, content, state_key=None, txn_id=None) -> str:
         body = {"sender": sender, "type": type, "content": content}
