@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from urllib.parse import quote
 
+from services.pdu.authrules import AuthError, check_auth, check_auth_events_list
 from services.pdu.builder import sign_template
 from services.pdu.keyring import SignatureFailed
 from services.pdu.storage import wire
@@ -29,6 +30,41 @@ STRIPPED_STATE = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.c
 
 def q(s: str) -> str:
     return quote(s, safe="")
+
+
+def check_auth_chain(events: dict[str, dict], rv, create: dict) -> dict[str, str]:
+    """Auth-check a send_join answer's events against their own auth_events, oldest
+    first (by depth, then by dependency); returns {event_id: reason} of rejected ones."""
+    rejected: dict[str, str] = {}
+    done: set[str] = set()
+    create_id = compute_event_id(create, rv)
+    order = sorted(events, key=lambda e: (events[e].get("depth", 0), e))
+    while order:
+        progress = []
+        for eid in order:
+            ev = events[eid]
+            deps = [a for a in ev.get("auth_events", []) if a in events]
+            if any(d not in done for d in deps):
+                continue
+            progress.append(eid)
+            done.add(eid)
+            auth = [dict(events[a], event_id=a) for a in ev.get("auth_events", [])
+                    if a in events and a not in rejected]
+            try:
+                if len(auth) != len(ev.get("auth_events", [])):
+                    raise AuthError("auth events missing or rejected")
+                full = dict(ev, event_id=eid)
+                cr = dict(create, event_id=create_id)
+                check_auth_events_list(full, auth, rv.identifier, cr)
+                check_auth(full, {(a["type"], a.get("state_key")): a for a in auth}, rv.identifier, cr)
+            except AuthError as exc:
+                rejected[eid] = f"auth against auth_events: {exc}"
+        if not progress:   # a cycle or a dependency outside the answer: reject the rest
+            for eid in order:
+                rejected[eid] = "auth events form a cycle"
+            break
+        order = [e for e in order if e not in done]
+    return rejected
 
 
 class MembershipHandler:
@@ -115,10 +151,14 @@ class MembershipHandler:
         if isinstance(returned, dict) and compute_event_id(returned, rv) == event_id:
             join = returned  # the resident may have added its signature
         outliers = {**chain, **state}
-        delta = [[e["type"], e["state_key"], eid] for eid, e in state.items() if "state_key" in e]
+        rejected = check_auth_chain(outliers, rv, creates[0])
+        if rejected.get(compute_event_id(creates[0], rv)):
+            raise MatrixError(502, "M_UNKNOWN", "send_join create event fails the auth rules")
+        delta = [[e["type"], e["state_key"], eid] for eid, e in state.items()
+                 if "state_key" in e and eid not in rejected]
         delta.append(["m.room.member", join["state_key"], event_id])
-        req = {"events": [{"event_id": eid, "room_id": room_id, "event": ev, "outlier": True}
-                          for eid, ev in outliers.items()]
+        req = {"events": [{"event_id": eid, "room_id": room_id, "event": ev, "outlier": True,
+                           "rejected": rejected.get(eid)} for eid, ev in outliers.items()]
                + [{"event_id": event_id, "room_id": room_id, "event": join,
                    "state_after": {"base": None, "delta": delta}}],
                "rooms": [{"room_id": room_id, "room_version": version, "extremities": [event_id],
