@@ -83,30 +83,51 @@ class Homeserver:
         self.log_dir = log_dir
 
     @classmethod
-    def configure(cls, server_name: str, data_dir: str, port: int, api_port: int, **extra) -> "Homeserver":
-        ports = {"transaction": free_port(), "pdu": free_port(), "transport": free_port(),
-                 "messaging": api_port, "federation": port}
+    def configure(cls, server_name: str, data_dir: str, port: int, api_port: int,
+                  replicas: dict[str, int] | None = None, **extra) -> "Homeserver":
+        """Ports and settings for one homeserver. `replicas` runs several processes of a
+        stateless service (pdu, transport, messaging): callers reach them round-robin;
+        each transport replica also serves the federation API on a port of its own."""
+        replicas = replicas or {}
+        if replicas.get("transaction", 1) != 1:
+            raise ValueError("the transaction service owns the database: exactly one")
+        ports = {"messaging": api_port, "federation": port}
+        for service in SERVICES:
+            for k in range(1, replicas.get(service, 1) + 1):
+                name = service if k == 1 else f"{service}#{k}"
+                ports.setdefault(name, free_port())
+                if service == "transport" and k > 1:
+                    ports[f"federation#{k}"] = free_port()
+
+        def urls(service):
+            return ",".join(f"http://127.0.0.1:{p}" for n, p in ports.items()
+                            if n.split("#")[0] == service)
         settings = Settings.from_env(
             server_name=server_name, data_dir=str(Path(data_dir).resolve()),
-            transaction_url=f"http://127.0.0.1:{ports['transaction']}",
-            pdu_url=f"http://127.0.0.1:{ports['pdu']}",
-            transport_url=f"http://127.0.0.1:{ports['transport']}",
-            messaging_url=f"http://127.0.0.1:{ports['messaging']}",
+            transaction_url=urls("transaction"), pdu_url=urls("pdu"),
+            transport_url=urls("transport"), messaging_url=urls("messaging"),
             federation_port=port, **extra)
         prepare_data_dir(settings)
         return cls(settings, ports, Path(settings.data_dir) / "logs")
 
-    def start_service(self, service: str) -> None:
-        env = {**os.environ, **self.settings.to_env(), "FEDSTACK_PORT": str(self.ports[service])}
+    def instances(self) -> list[str]:
+        return [n for s in SERVICES for n in self.ports if n.split("#")[0] == s]
+
+    def start_service(self, instance: str) -> None:
+        service, _, k = instance.partition("#")
+        env = {**os.environ, **self.settings.to_env(), "FEDSTACK_PORT": str(self.ports[instance])}
+        if service == "transport" and k:
+            env["FEDSTACK_FEDERATION_PORT"] = str(self.ports[f"federation#{k}"])
         out = None
         if self.log_dir:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            out = open(self.log_dir / f"{service}.log", "ab")
-        self.procs[service] = subprocess.Popen(
+            out = open(self.log_dir / f"{instance.replace('#', '-')}.log", "ab")
+        self.procs[instance] = subprocess.Popen(
             [sys.executable, "-m", "fedstack.cli", "serve", service], env=env,
             stdout=out, stderr=subprocess.STDOUT if out else None)
 
-    def wait_healthy(self, services=SERVICES, timeout: float = 30.0) -> None:
+    def wait_healthy(self, services=None, timeout: float = 30.0) -> None:
+        services = self.instances() if services is None else services
         deadline = time.monotonic() + timeout
         for service in services:
             url = f"http://127.0.0.1:{self.ports[service]}/health"
@@ -124,8 +145,8 @@ class Homeserver:
                 time.sleep(0.05)
 
     def start(self) -> None:
-        for service in SERVICES:
-            self.start_service(service)
+        for instance in self.instances():
+            self.start_service(instance)
         self.wait_healthy()
 
     def stop_service(self, service: str, sig=signal.SIGTERM, timeout: float = 10.0) -> None:
@@ -140,8 +161,8 @@ class Homeserver:
             proc.wait()
 
     def stop(self) -> None:
-        for service in reversed(SERVICES):
-            self.stop_service(service)
+        for instance in reversed(self.instances()):
+            self.stop_service(instance)
 
     def describe(self) -> str:
         p = self.ports

@@ -46,25 +46,46 @@ class InternalSecretMiddleware:
 
 
 class InternalClient:
-    """Typed clients in `shared/contracts/` derive from this; one per callee service."""
+    """Typed clients in `shared/contracts/` derive from this; one per callee service.
+
+    `base_url` may list several replicas separated by commas: requests go round-robin, and
+    a request that could not connect is tried on the next replica (every internal route is
+    safe to retry, see architecture.md)."""
 
     def __init__(self, base_url: str, secret: str, *, transport: httpx.AsyncBaseTransport | None = None,
                  timeout: float = 120.0):
-        self.base_url = base_url.rstrip("/")
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url, transport=transport, timeout=timeout,
+        self.base_urls = [u.strip().rstrip("/") for u in base_url.split(",") if u.strip()]
+        self.base_url = self.base_urls[0]
+        self._clients = [httpx.AsyncClient(
+            base_url=u, transport=transport, timeout=timeout,
             headers={SECRET_HEADER: secret, "content-type": "application/json"},
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
+            for u in self.base_urls]
+        self._next = 0
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        for c in self._clients:
+            await c.aclose()
+
+    async def _send(self, method, path, content, params, headers) -> httpx.Response:
+        n = len(self._clients)
+        start = self._next
+        self._next = (self._next + 1) % n
+        for i in range(n):
+            client = self._clients[(start + i) % n]
+            try:
+                return await client.request(method, path, content=content, params=params,
+                                            headers=headers)
+            except httpx.ConnectError:
+                if i == n - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     async def request(self, method: str, path: str, body=None, params=None,
                       headers: dict | None = None) -> tuple[int, object]:
         """Send one request; return (status, parsed JSON body or None)."""
         content = orjson.dumps(body) if body is not None else None
-        resp = await self._client.request(method, path, content=content, params=params,
-                                          headers=headers)
+        resp = await self._send(method, path, content, params, headers)
         data = None
         if resp.content:
             try:
