@@ -6,6 +6,7 @@ with no module-level state.
 """
 from __future__ import annotations
 
+import socket
 from contextlib import asynccontextmanager
 
 from fastapi import Query, Request
@@ -25,7 +26,8 @@ class MessagingService:
         secret = settings.secret()
         self.pdu = pdu_client or PduClient(settings.pdu_url, secret)
         self.tx = transaction_client or TransactionClient(settings.transaction_url, secret)
-        self.delivery = Delivery(self.tx, http=callback_http)
+        owner = f"{socket.gethostname()}:{settings.port}" if settings.port else None
+        self.delivery = Delivery(self.tx, http=callback_http, owner=owner)
 
     async def stop(self):
         await self.delivery.stop()
@@ -101,7 +103,7 @@ def create_app(settings: Settings, **clients):
     async def subscribe(body: c.SubscriptionRequest, request: Request):
         s = svc(request)
         sub = await s.tx.add_subscription(body.model_dump())
-        s.delivery.add(sub)
+        s.delivery.add(sub)   # other replicas pick it up on their next refresh
         return {"subscription_id": sub["subscription_id"]}
 
     @app.delete(c.SUBSCRIPTION, tags=["subscriptions"])

@@ -4,50 +4,74 @@ Invariants:
 - Events go out in stream (room) order, in batches; a batch is retried until the receiver
   answers 2xx; only then does the subscription's position move past it (durably, through
   the transaction service). So a restart of any service resumes after the last
-  acknowledged batch and nothing acknowledged is delivered again.
-- One delivery loop per subscription, so batches of one subscription never overlap.
+  acknowledged batch. A batch can be repeated only if this service dies between the
+  receiver's 2xx and saving the position; the body's `position` lets a receiver drop it.
+- One deliverer per subscription across all messaging replicas: a replica delivers only
+  while it holds the subscription's lease (renewed every loop, LEASE_S long), and a
+  position write from a replica that lost the lease is refused.
+- Every replica picks up subscriptions created through another one (list refreshed).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import uuid
 
 import httpx
 import orjson
+
+from shared.errors import MatrixError
 
 log = logging.getLogger("fedstack.messaging.delivery")
 
 BATCH = 100
 POLL_MS = 5000
+LEASE_S = 10.0
+REFRESH_S = 5.0
 RETRY_MIN_S, RETRY_MAX_S = 0.2, 30.0
 
 
+class LeaseLost(Exception):
+    pass
+
+
 class Delivery:
-    def __init__(self, tx, *, http: httpx.AsyncClient | None = None):
+    def __init__(self, tx, *, http: httpx.AsyncClient | None = None, owner: str | None = None):
         self.tx = tx
         self.http = http or httpx.AsyncClient(timeout=30.0)
+        # A stable identity (host and port) lets a restarted replica take its leases back
+        # at once instead of waiting for them to expire.
+        self.owner = owner or uuid.uuid4().hex
         self._tasks: dict[str, asyncio.Task] = {}
+        self._refresher: asyncio.Task | None = None
 
     async def start(self) -> None:
-        """Load the subscriptions in the background: the transaction service may start
-        after us, so this retries until it answers."""
-        self._tasks["_load"] = asyncio.create_task(self._load())
+        """Load (and keep loading) the subscriptions in the background: the transaction
+        service may start after us, and other replicas may add subscriptions."""
+        self._refresher = asyncio.create_task(self._refresh())
 
-    async def _load(self) -> None:
+    async def _refresh(self) -> None:
         while True:
             try:
                 subs = await self.tx.list_subscriptions()
-                break
+                known = {s["subscription_id"] for s in subs}
+                for sub in subs:
+                    self.add(sub)
+                for sid in [s for s in self._tasks if s not in known]:
+                    self.remove(sid)
+                await asyncio.sleep(REFRESH_S)
+            except asyncio.CancelledError:
+                raise
             except Exception as exc:  # noqa: BLE001 - not reachable yet
                 log.info("loading subscriptions failed (%s); retrying", exc)
                 await asyncio.sleep(RETRY_MIN_S)
-        for sub in subs:
-            self.add(sub)
 
     async def stop(self) -> None:
-        for t in self._tasks.values():
+        tasks = list(self._tasks.values()) + ([self._refresher] if self._refresher else [])
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.http.aclose()
 
     def add(self, sub: dict) -> None:
@@ -59,15 +83,53 @@ class Delivery:
         if task:
             task.cancel()
 
+    async def _lease(self, sid: str) -> int:
+        """Hold the lease; returns the stored position. Waits while another replica has it."""
+        while True:
+            try:
+                got = await self.tx.lease_subscription(sid, self.owner, LEASE_S)
+                if got["granted"]:
+                    return got["position"]
+                await asyncio.sleep(LEASE_S / 3)
+            except asyncio.CancelledError:
+                raise
+            except MatrixError as exc:
+                if exc.status == 404:
+                    raise
+                await asyncio.sleep(RETRY_MIN_S * 5)
+            except Exception as exc:  # noqa: BLE001 - transaction service away
+                log.info("lease failed: %s", exc)
+                await asyncio.sleep(RETRY_MIN_S * 5)
+
     async def _loop(self, sub: dict) -> None:
-        position = sub["position"]
+        sid = sub["subscription_id"]
         types = set(sub["types"]) if sub.get("types") else None
         while True:
+            try:
+                await self._deliver_while_leased(sub, sid, types)
+            except asyncio.CancelledError:
+                raise
+            except LeaseLost:
+                continue
+            except MatrixError as exc:
+                if exc.status == 404:   # subscription deleted
+                    self._tasks.pop(sid, None)
+                    return
+                await asyncio.sleep(RETRY_MIN_S * 5)
+
+    async def _deliver_while_leased(self, sub, sid, types) -> None:
+        position = await self._lease(sid)
+        leased_at = time.monotonic()
+        while True:
+            if time.monotonic() - leased_at > LEASE_S / 3:
+                stored = await self._lease(sid)
+                position = max(position, stored)
+                leased_at = time.monotonic()
             try:
                 page = await self.tx.stream(position, BATCH, sub.get("room_id"), POLL_MS)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # transaction service away: wait and retry
+            except Exception as exc:  # noqa: BLE001 - transaction service away: retry
                 log.info("stream read failed: %s", exc)
                 await asyncio.sleep(RETRY_MIN_S * 5)
                 continue
@@ -78,7 +140,7 @@ class Delivery:
                       if types is None or e["event"].get("type") in types]
             if events:
                 await self._post_until_acknowledged(sub, events, last)
-            await self._save_position(sub["subscription_id"], last)
+            await self._save_position(sid, last)
             position = last
 
     async def _post_until_acknowledged(self, sub: dict, events: list, last: int) -> None:
@@ -100,10 +162,16 @@ class Delivery:
     async def _save_position(self, sid: str, position: int) -> None:
         while True:
             try:
-                await self.tx.set_subscription_position(sid, position)
+                await self.tx.set_subscription_position(sid, position, self.owner)
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # keep the position in memory until it can be saved
+            except MatrixError as exc:
+                if exc.status == 409:
+                    raise LeaseLost()
+                if exc.status == 404:
+                    raise
+                await asyncio.sleep(RETRY_MIN_S * 5)
+            except Exception as exc:  # noqa: BLE001 - keep it in memory until saved
                 log.info("saving position failed: %s", exc)
                 await asyncio.sleep(RETRY_MIN_S * 5)

@@ -186,8 +186,14 @@ def create_app(settings: Settings, **clients):
 
     @app.put(c.SUBSCRIPTION_POSITION, tags=["subscriptions"])
     async def set_position(subscription_id: str, body: _Position, request: Request):
-        await svc(request).db.run(sf.set_subscription_position, subscription_id, body.position)
+        await svc(request).db.run(sf.set_subscription_position, subscription_id, body.position,
+                                  body.owner)
         return {}
+
+    @app.post(c.SUBSCRIPTION_LEASE, tags=["subscriptions"], response_model=c.LeaseResponse)
+    async def lease(subscription_id: str, body: c.Lease, request: Request):
+        return await svc(request).db.run(sf.lease_subscription, subscription_id, body.owner,
+                                         body.ttl_s, time.time())
 
     return app
 
@@ -217,3 +223,4 @@ class _ClientTxn(BaseModel):
 
 class _Position(BaseModel):
     position: int
+    owner: str | None = None

@@ -84,7 +84,8 @@ subscriptions = Table(
     "subscriptions", metadata,
     Column("subscription_id", Text, primary_key=True),
     Column("url", Text, nullable=False), Column("room_id", Text),
-    Column("types", Text), Column("position", Integer, nullable=False))
+    Column("types", Text), Column("position", Integer, nullable=False),
+    Column("lease_owner", Text), Column("lease_until", Float))
 
 counters = Table(
     "counters", metadata,

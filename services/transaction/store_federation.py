@@ -197,9 +197,28 @@ def delete_subscription(conn, sid: str) -> None:
         raise MatrixError(404, "M_NOT_FOUND", "unknown subscription")
 
 
-def set_subscription_position(conn, sid: str, position: int) -> None:
-    """Positions only move forward: a late or repeated write never rewinds delivery."""
-    res = conn.execute(update(subscriptions).where(subscriptions.c.subscription_id == sid)
-                       .values(position=func.max(subscriptions.c.position, position)))
+def set_subscription_position(conn, sid: str, position: int, owner: str | None = None) -> None:
+    """Positions only move forward: a late or repeated write never rewinds delivery. With
+    `owner`, only the current lease holder may move it (409 otherwise)."""
+    q = update(subscriptions).where(subscriptions.c.subscription_id == sid)
+    if owner is not None:
+        q = q.where(subscriptions.c.lease_owner == owner)
+    res = conn.execute(q.values(position=func.max(subscriptions.c.position, position)))
     if not res.rowcount:
+        if conn.execute(select(subscriptions.c.subscription_id)
+                        .where(subscriptions.c.subscription_id == sid)).first():
+            raise MatrixError(409, "M_UNKNOWN", "subscription is leased by another deliverer")
         raise MatrixError(404, "M_NOT_FOUND", "unknown subscription")
+
+
+def lease_subscription(conn, sid: str, owner: str, ttl_s: float, now: float) -> dict:
+    """Grant (or renew) the right to deliver a subscription to one messaging replica.
+    Granted when free, expired, or already `owner`'s; returns {granted, position}."""
+    row = conn.execute(select(subscriptions).where(subscriptions.c.subscription_id == sid)).first()
+    if row is None:
+        raise MatrixError(404, "M_NOT_FOUND", "unknown subscription")
+    free = row.lease_owner in (None, owner) or (row.lease_until or 0) < now
+    if free:
+        conn.execute(update(subscriptions).where(subscriptions.c.subscription_id == sid)
+                     .values(lease_owner=owner, lease_until=now + ttl_s))
+    return {"granted": free, "position": row.position}

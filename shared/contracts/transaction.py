@@ -32,6 +32,7 @@ CLIENT_TXN = PREFIX + "/client_txns/get"
 SUBSCRIPTIONS = PREFIX + "/subscriptions"
 SUBSCRIPTION = PREFIX + "/subscriptions/{subscription_id}"
 SUBSCRIPTION_POSITION = PREFIX + "/subscriptions/{subscription_id}/position"
+SUBSCRIPTION_LEASE = PREFIX + "/subscriptions/{subscription_id}/lease"
 
 
 class PersistEvent(BaseModel):
@@ -96,6 +97,16 @@ class SubscriptionIn(BaseModel):
     types: list[str] | None = None
 
 
+class Lease(BaseModel):
+    owner: str
+    ttl_s: float
+
+
+class LeaseResponse(BaseModel):
+    granted: bool
+    position: int
+
+
 class Subscription(SubscriptionIn):
     subscription_id: str
     position: int
@@ -158,6 +169,11 @@ class TransactionClient(InternalClient):
     async def delete_subscription(self, subscription_id: str) -> None:
         await self.call("DELETE", SUBSCRIPTION.format(subscription_id=subscription_id))
 
-    async def set_subscription_position(self, subscription_id: str, position: int) -> None:
+    async def set_subscription_position(self, subscription_id: str, position: int,
+                                        owner: str | None = None) -> None:
         await self.call("PUT", SUBSCRIPTION_POSITION.format(subscription_id=subscription_id),
-                        {"position": position})
+                        {"position": position, "owner": owner})
+
+    async def lease_subscription(self, subscription_id: str, owner: str, ttl_s: float) -> dict:
+        return await self.call("POST", SUBSCRIPTION_LEASE.format(subscription_id=subscription_id),
+                               {"owner": owner, "ttl_s": ttl_s})
