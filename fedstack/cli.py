@@ -59,7 +59,7 @@ def serve(service: str, settings: Settings) -> None:
     configs = [_uvicorn_config(app, settings.bind_host, settings.port)]
     if service == "transport":
         # Public HTTPS federation listener; the internal listener above runs the lifespan.
-        configs.append(_uvicorn_config(app, settings.bind_host, settings.federation_port, lifespan="off",
+        configs.append(_uvicorn_config(PublicOnly(app), settings.bind_host, settings.federation_port, lifespan="off",
                                        ssl_certfile=str(settings.path("tls_cert")),
                                        ssl_keyfile=str(settings.path("tls_key"))))
     servers = [uvicorn.Server(c) for c in configs]
@@ -71,6 +71,22 @@ def serve(service: str, settings: Settings) -> None:
         rest = [asyncio.create_task(s.serve()) for s in servers[1:]]
         await asyncio.gather(first, *rest)
     asyncio.run(main())
+
+
+class PublicOnly:
+    """The transport's public listener: the same app, minus every internal route."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/_internal/"):
+            await send({"type": "http.response.start", "status": 404,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body",
+                        "body": b'{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}'})
+            return
+        await self.app(scope, receive, send)
 
 
 class Homeserver:

@@ -131,3 +131,15 @@ def test_whole_homeserver_restart_resumes_without_duplicates(servers, callbacks)
                                  [f"b-r{i}" for i in range(40, 50)])
     evs = callbacks.wait_for(sa, lambda e: len(e) >= 50)
     assert_exactly_once_in_order(evs, [f"a-r{i}" for i in range(40)], [f"b-r{i}" for i in range(40, 50)])
+
+
+def test_public_port_serves_no_internal_route(servers):
+    a, _b = servers
+    base = f"https://127.0.0.1:{a.ports['federation']}"
+    r = httpx.post(base + "/_internal/transport/v1/request", verify=False, json={})
+    assert r.status_code == 404 and r.json()["errcode"] == "M_UNRECOGNIZED"
+    r = httpx.get(base + "/_matrix/key/v2/server", verify=False)
+    assert r.status_code == 200 and r.json()["server_name"] == a.settings.server_name
+    # the internal listener itself refuses requests without the internal secret
+    r = httpx.post(f"http://127.0.0.1:{a.ports['transport']}/_internal/transport/v1/request", json={})
+    assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN"
