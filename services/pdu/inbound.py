@@ -44,14 +44,30 @@ class InboundHandler:
         self.server_name = server_name
 
     async def handle_batch(self, items: list[dict]) -> None:
-        """Process relayed inbox items in order; every inbox id is consumed."""
+        """Process relayed inbox items, in order per room; every inbox id is consumed.
+        Each room's items are committed together (one write-behind batch); if that commit
+        is refused because another writer moved the room on, they are redone one by one."""
+        by_room: dict[str, list[dict]] = {}
         for item in items:
-            try:
-                async with self.rooms.lock(item["room_id"]):
-                    await self.receive(item["pdu"], item["origin"], inbox_ids=[item["inbox_id"]])
-            except EventDropped as exc:
-                log.info("dropped PDU from %s: %s", item["origin"], exc)
-                await self.tx.persist({"inbox_ids": [item["inbox_id"]]})
+            by_room.setdefault(item["room_id"], []).append(item)
+        for room_id, group in by_room.items():
+            async with self.rooms.lock(room_id):
+                try:
+                    async with self.storage.batch():
+                        for item in group:
+                            await self._receive_item(item)
+                except MatrixError as exc:
+                    if exc.status != 409:
+                        raise
+                    for item in group:
+                        await self._receive_item(item)
+
+    async def _receive_item(self, item: dict) -> None:
+        try:
+            await self.receive(item["pdu"], item["origin"], inbox_ids=[item["inbox_id"]])
+        except EventDropped as exc:
+            log.info("dropped PDU from %s: %s", item["origin"], exc)
+            await self.storage.persist({"inbox_ids": [item["inbox_id"]]})
 
     async def receive(self, pdu: dict, origin: str, *, inbox_ids=(), depth: int = 0,
                       forward_to=frozenset()) -> str:
@@ -67,7 +83,7 @@ class InboundHandler:
         event_id = compute_event_id(pdu, rv)
         if await self.storage.records([event_id]):
             if inbox_ids:
-                await self.tx.persist({"inbox_ids": list(inbox_ids)})
+                await self.storage.persist({"inbox_ids": list(inbox_ids)})
             return event_id
         try:
             pdu = await self.keyring.check_event(pdu, rv)
@@ -83,24 +99,47 @@ class InboundHandler:
             return
         if depth > 0:
             raise EventDropped(f"prev_events {sorted(missing)} unavailable")
+        # A gap longer than one answer (the remote returns the `limit` events nearest to
+        # `latest_events`): keep walking back from the oldest events fetched so far, then
+        # process everything oldest first once the fetched part connects to what we have.
+        rv = get_room_version(room["room_version"])
+        fetched: dict[str, dict] = {}
+        latest = [event_id]
         for _ in range(GME_ROUNDS):
             room = await self.storage.room(room["room_id"])
             resp = await self.tx.federation_request(
                 origin, "POST", f"/_matrix/federation/v1/get_missing_events/{quote(room['room_id'], safe='')}",
-                body={"earliest_events": room["extremities"], "latest_events": [event_id],
+                body={"earliest_events": room["extremities"], "latest_events": latest,
                       "limit": GME_LIMIT, "min_depth": 0})
             got = (resp.get("body") or {}).get("events") if resp.get("status") == 200 else None
-            if not isinstance(got, list) or not got:
+            if not isinstance(got, list):
                 break
-            got = [e for e in got if isinstance(e, dict)]
-            for ev in sorted(got, key=lambda e: e.get("depth", 0) if isinstance(e.get("depth"), int) else 0):
-                try:
-                    await self.receive(ev, origin, depth=depth + 1)
-                except EventDropped:
-                    continue
-            missing = await self._missing(pdu["prev_events"])
-            if not missing:
-                return
+            new = 0
+            for ev in got:
+                if isinstance(ev, dict) and isinstance(ev.get("prev_events"), list):
+                    try:
+                        eid = compute_event_id(ev, rv)
+                    except Exception:  # noqa: BLE001 - unusable: ignore it
+                        continue
+                    if eid not in fetched:
+                        fetched[eid] = ev
+                        new += 1
+            frontier = {p for ev in [pdu, *fetched.values()] for p in ev["prev_events"]
+                        if isinstance(p, str) and p not in fetched}
+            unresolved = await self._missing(frontier)
+            latest = sorted(eid for eid, ev in fetched.items()
+                            if any(p in unresolved for p in ev["prev_events"]))
+            if not new or not unresolved or not latest:
+                break
+        for ev in sorted(fetched.values(),
+                         key=lambda e: e.get("depth", 0) if isinstance(e.get("depth"), int) else 0):
+            try:
+                await self.receive(ev, origin, depth=depth + 1)
+            except EventDropped:
+                continue
+        missing = await self._missing(pdu["prev_events"])
+        if not missing:
+            return
         raise EventDropped(f"prev_events {sorted(missing)} unavailable")
 
     async def _missing(self, event_ids) -> set[str]:
@@ -160,7 +199,7 @@ class InboundHandler:
                                  "expect_extremities": room["extremities"],
                                  "current_state": cur_spec})
         try:
-            await self.tx.persist(req)
+            await self.storage.persist(req)
         except MatrixError as exc:
             if exc.status == 409:   # another writer moved the room on: redo against it
                 return await self._authorise_and_store(pdu, event_id, rv, inbox_ids, forward_to)

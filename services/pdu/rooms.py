@@ -23,6 +23,7 @@ from shared.events import server_of
 from shared.room_versions import get_room_version
 
 CAS_RETRIES = 20
+MAX_GROUP = 50
 
 
 def is_local_user(user_id: str, server_name: str) -> bool:
@@ -47,6 +48,8 @@ class RoomHandler:
         self.server_name = server_name
         self.key = key
         self._locks: dict[str, asyncio.Lock] = {}
+        self._queues: dict[str, list] = {}
+        self._flushers: dict[str, asyncio.Task] = {}
 
     def lock(self, room_id: str) -> asyncio.Lock:
         return self._locks.setdefault(room_id, asyncio.Lock())
@@ -93,74 +96,151 @@ class RoomHandler:
             req["events"].append({"event_id": ev["event_id"], "room_id": room_id, "event": wire(ev),
                                   "state_after": {"base": base, "delta": [[ev["type"], ev["state_key"], ev["event_id"]]]}})
             prev_id = ev["event_id"]
-        await self.tx.persist(req)
+        await self.storage.persist(req)
         return room_id
 
     async def send(self, room_id: str, sender: str, type_: str, content: dict,
                    state_key: str | None = None, txn_id: str | None = None,
                    extra_destinations: set[str] = frozenset()) -> str:
-        """Build, auth-check and commit one event of a local sender; returns its event_id."""
+        """Build, auth-check and commit one event of a local sender; returns its event_id.
+
+        Concurrent sends to one room are committed together (group commit): while one
+        commit is in flight the next ones queue up and then go as a chain of events in a
+        single persist call, so throughput grows with the number of senders."""
         self.require_local(sender)
         if txn_id is not None:
             existing = await self.tx.client_txn(sender, txn_id)
             if existing:
                 return existing
+        fut = asyncio.get_running_loop().create_future()
+        self._queues.setdefault(room_id, []).append(
+            _Item(sender, type_, content, state_key, txn_id, set(extra_destinations), fut))
+        task = self._flushers.get(room_id)
+        if task is None or task.done():
+            self._flushers[room_id] = asyncio.create_task(self._flush(room_id))
+        return await fut
+
+    async def _flush(self, room_id: str) -> None:
+        queue = self._queues[room_id]
+        while queue:
+            items, queue[:] = queue[:MAX_GROUP], queue[MAX_GROUP:]
+            try:
+                await self._commit_group(room_id, items)
+            except Exception as exc:  # noqa: BLE001 - hand every caller the failure
+                for it in items:
+                    if not it.fut.done():
+                        it.fut.set_exception(exc)
+
+    async def _commit_group(self, room_id: str, items: list) -> None:
         for _ in range(CAS_RETRIES):
             async with self.lock(room_id):
-                ev, req = await self._prepare(room_id, sender, type_, content, state_key,
-                                              extra_destinations)
-                if txn_id is not None:
-                    req["client_txn"] = {"sender": sender, "txn_id": txn_id, "event_id": ev["event_id"]}
+                ctx = await self._context(room_id)
+                built = []
+                for it in items:
+                    if it.fut.done():
+                        continue
+                    try:
+                        built.append((it, self._add(ctx, it.sender, it.type, it.content,
+                                                    it.state_key, it.extra_destinations)))
+                    except MatrixError as exc:
+                        it.fut.set_exception(exc)
+                if not built:
+                    return
+                req = ctx["req"]
+                req["client_txns"] = [{"sender": it.sender, "txn_id": it.txn_id, "event_id": ev["event_id"]}
+                                      for it, ev in built if it.txn_id is not None]
+                await self._load_redaction_targets(ctx)
                 try:
-                    res = await self.tx.persist(req)
+                    res = await self.storage.persist(req)
                 except MatrixError as exc:
                     if exc.status == 409:
                         continue
                     raise
-                return res.get("client_txn_event_id") or ev["event_id"]
+                conflicts = {(c["sender"], c["txn_id"]): c["event_id"]
+                             for c in res.get("client_txn_conflicts") or []}
+                if not conflicts:
+                    for it, ev in built:
+                        it.fut.set_result(ev["event_id"])
+                    return
+                for it, _ev in built:   # repeats get their first event; the rest go again
+                    if (it.sender, it.txn_id) in conflicts:
+                        it.fut.set_result(conflicts[(it.sender, it.txn_id)])
         raise MatrixError(503, "M_UNKNOWN", "room too busy; try again")
 
-    async def _prepare(self, room_id, sender, type_, content, state_key, extra_destinations):
+    async def _context(self, room_id: str) -> dict:
+        """What building events on top of the room's current state needs."""
         room = await self.storage.room(room_id)
         if room is None or room["current_state_group"] is None:
             raise MatrixError(404, "M_NOT_FOUND", f"unknown room {room_id}")
-        rv = get_room_version(room["room_version"])
-        state = await self.storage.state_map(room["current_state_group"])
-        prev = list((await self.storage.events(room["extremities"])).values())
+        state = dict(await self.storage.state_map(room["current_state_group"]))
+        return {"room": room, "rv": get_room_version(room["room_version"]), "state": state,
+                "state_events": dict(await self.storage.state_events(state)),
+                "prev": list((await self.storage.events(room["extremities"])).values()),
+                "base": {"group": room["current_state_group"]},
+                "joined": await joined_servers(self.storage, state),
+                "req": {"events": [], "destinations": {}, "redactions": [],
+                        "rooms": [{"room_id": room_id, "expect_extremities": room["extremities"]}]}}
+
+    def _add(self, ctx: dict, sender, type_, content, state_key, extra_destinations) -> dict:
+        """Build the next event of a group on top of `ctx` (auth-checked), and add it to
+        the group's persist request; raises 403 and leaves `ctx` as it was if refused."""
+        rv, room_id = ctx["rv"], ctx["room"]["room_id"]
         extra = None
         if type_ == "m.room.redaction" and not rv.redaction_v11:
             extra = {"redacts": content.get("redacts")}   # v10 keeps it at the top level
         ev = build_event(rv=rv, server_name=self.server_name, key=self.key,
                          room_id=room_id, sender=sender, type=type_, content=content,
-                         state_key=state_key, prev=prev, state=state, extra=extra)
-        state_events = await self.storage.state_events(state)
+                         state_key=state_key, prev=ctx["prev"], state=ctx["state"], extra=extra)
+        create = create_event_of(ctx["state_events"])
         try:
-            check_auth(ev, state_events, rv.identifier, create_event_of(state_events))
+            check_auth(ev, ctx["state_events"], rv.identifier, create)
         except AuthError as exc:
             raise MatrixError(403, "M_FORBIDDEN", str(exc))
-        new_state = dict(state)
-        spec = {"group": room["current_state_group"]}
-        if state_key is not None:
-            new_state[(type_, state_key)] = ev["event_id"]
-            spec = state_spec(room["current_state_group"], state, new_state)
         target = redacts_target(ev, rv)
         if target is not None:
+            ctx.setdefault("redactions", []).append((ev, target, dict(ctx["state_events"]), create))
+        eid = ev["event_id"]
+        servers = set(ctx["joined"])
+        spec = ctx["base"]
+        if state_key is not None:
+            spec = {"base": ctx["base"], "delta": [[type_, state_key, eid]]}
+            ctx["state"][(type_, state_key)] = eid
+            ctx["state_events"][(type_, state_key)] = ev
+            if type_ == "m.room.member":
+                if content.get("membership") == "join":
+                    ctx["joined"] = ctx["joined"] | {server_of(state_key)}
+                servers.add(server_of(state_key))   # the target's server learns of it
+        servers |= set(extra_destinations)
+        servers.discard(self.server_name)
+        req = ctx["req"]
+        req["events"].append({"event_id": eid, "room_id": room_id, "event": wire(ev),
+                              "state_after": spec})
+        req["destinations"][eid] = sorted(servers)
+        req["rooms"][0].update(extremities=[eid], current_state={"same_as": eid})
+        ctx["base"] = {"same_as": eid}
+        ctx["prev"] = [ev]
+        return ev
+
+    async def _load_redaction_targets(self, ctx: dict) -> None:
+        for ev, target, state_events, create in ctx.pop("redactions", []):
             rec = (await self.storage.records([target])).get(target)
-            update = redaction_update(ev, rec, state_events, rv, create_event_of(state_events))
+            update = redaction_update(ev, rec, state_events, ctx["rv"], create)
             if update is None:
                 raise MatrixError(403, "M_FORBIDDEN", "you may not redact that event")
-            self.storage.forget(target)
-        servers = (await joined_servers(self.storage, state)) | await joined_servers(self.storage, new_state)
-        servers |= set(extra_destinations)
-        if type_ == "m.room.member" and state_key:
-            servers.add(server_of(state_key))   # the target's server learns of its membership
-        servers.discard(self.server_name)
-        req = {"events": [{"event_id": ev["event_id"], "room_id": room_id, "event": wire(ev),
-                           "state_after": spec}],
-               "rooms": [{"room_id": room_id, "extremities": [ev["event_id"]],
-                          "expect_extremities": room["extremities"],
-                          "current_state": {"same_as": ev["event_id"]}}],
-               "destinations": {ev["event_id"]: sorted(servers)}}
-        if target is not None:
-            req["redactions"] = [update]
-        return ev, req
+            ctx["req"]["redactions"].append(update)
+
+    async def _prepare(self, room_id, sender, type_, content, state_key, extra_destinations):
+        """One event and its persist request, for callers that commit it themselves
+        (an invite must first be countersigned by the invitee's server)."""
+        ctx = await self._context(room_id)
+        ev = self._add(ctx, sender, type_, content, state_key, extra_destinations)
+        await self._load_redaction_targets(ctx)
+        return ev, ctx["req"]
+
+
+class _Item:
+    __slots__ = ("sender", "type", "content", "state_key", "txn_id", "extra_destinations", "fut")
+
+    def __init__(self, sender, type_, content, state_key, txn_id, extra_destinations, fut):
+        self.sender, self.type, self.content, self.state_key = sender, type_, content, state_key
+        self.txn_id, self.extra_destinations, self.fut = txn_id, extra_destinations, fut

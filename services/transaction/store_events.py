@@ -84,18 +84,25 @@ def persist(conn, req: dict) -> dict:
     """Apply a PersistRequest in the caller's database transaction (see the contract)."""
     from services.transaction.store_federation import enqueue_pdus, delete_inbox
     out: dict[str, dict] = {}
-    if req.get("client_txn"):
-        ct = req["client_txn"]
+    txns = list(req.get("client_txns") or []) + ([req["client_txn"]] if req.get("client_txn") else [])
+    conflicts = []
+    for ct in txns:
         existing = conn.execute(select(client_txns.c.event_id).where(
             client_txns.c.sender == ct["sender"], client_txns.c.txn_id == ct["txn_id"])).scalar()
         if existing is not None:
-            return {"events": {}, "client_txn_event_id": existing}
-        conn.execute(client_txns.insert().values(**ct))
+            conflicts.append({**ct, "event_id": existing})
+    if conflicts:   # nothing is written: the caller answers these with the first event ids
+        return {"events": {}, "client_txn_event_id": conflicts[0]["event_id"],
+                "client_txn_conflicts": conflicts, "rooms": {}}
+    if txns:
+        conn.execute(client_txns.insert(), txns)
     for room in req.get("rooms", []):
         _check_room(conn, room)
     groups_by_event: dict[str, int] = {}
     new_ids = set()
     for ev in req.get("events", []):
+        if ev["event_id"] in out:   # listed twice in this request: the first copy decides
+            continue
         gid = resolve_state_spec(conn, ev["room_id"], ev.get("state_after"), groups_by_event)
         if gid is not None:
             groups_by_event[ev["event_id"]] = gid
@@ -106,10 +113,13 @@ def persist(conn, req: dict) -> dict:
         ).on_conflict_do_nothing(index_elements=["event_id"]))
         if res.rowcount:
             new_ids.add(ev["event_id"])
-            out[ev["event_id"]] = {"stream": res.inserted_primary_key[0], "new": True}
+            out[ev["event_id"]] = {"stream": res.inserted_primary_key[0], "new": True,
+                                   "state_group": gid}
         else:
             upgraded = _maybe_upgrade_outlier(conn, ev, gid)
             out[ev["event_id"]] = {"stream": None, "new": False, "upgraded": upgraded}
+            if upgraded:
+                out[ev["event_id"]]["state_group"] = gid
     for room in req.get("rooms", []):
         _update_room(conn, room, groups_by_event)
     for red in req.get("redactions", []):
@@ -118,7 +128,8 @@ def persist(conn, req: dict) -> dict:
     dests = {eid: d for eid, d in req.get("destinations", {}).items() if eid in new_ids}
     enqueue_pdus(conn, dests)
     delete_inbox(conn, req.get("inbox_ids", []))
-    return {"events": out, "client_txn_event_id": None}
+    touched = {r["room_id"]: get_room(conn, r["room_id"]) for r in req.get("rooms", [])}
+    return {"events": out, "client_txn_event_id": None, "rooms": touched}
 
 
 def _maybe_upgrade_outlier(conn, ev: dict, gid: int | None) -> bool:

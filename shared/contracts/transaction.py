@@ -12,6 +12,7 @@ a new group.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import BaseModel
 
@@ -23,6 +24,7 @@ FEDERATION_REQUEST = PREFIX + "/federation_request"
 SERVER_KEYS = PREFIX + "/server_keys/{server_name}"
 DESTINATION_UP = PREFIX + "/destinations/{destination}/up"
 DESTINATIONS = PREFIX + "/destinations"
+POKE_DESTINATIONS = PREFIX + "/destinations/poke"
 PERSIST = PREFIX + "/events/persist"
 GET_EVENTS = PREFIX + "/events/get"
 ROOM = PREFIX + "/rooms/{room_id}"
@@ -60,12 +62,15 @@ class PersistRequest(BaseModel):
     destinations: dict[str, list[str]] = {}     # event_id -> servers to send it to
     inbox_ids: list[int] = []                   # inbox rows this commit consumes
     client_txn: dict | None = None              # {sender, txn_id, event_id}
+    client_txns: list[dict] = []                # several; if any exists nothing is written
     redactions: list[dict] = []                 # [{event_id, event}]: stored form replaced
 
 
 class PersistResponse(BaseModel):
-    events: dict[str, dict]                     # event_id -> {stream, new}
+    events: dict[str, dict]                     # event_id -> {stream, new, state_group}
     client_txn_event_id: str | None = None      # set when the client txn already existed
+    rooms: dict[str, dict] = {}                 # room_id -> RoomInfo after the commit
+    client_txn_conflicts: list[dict] = []       # client txns that existed (with their event)
 
 
 class EventRecord(BaseModel):
@@ -116,7 +121,9 @@ class TransactionClient(InternalClient):
     """Typed client; methods return plain dicts (hot paths avoid pydantic round trips)."""
 
     async def inbound_transaction(self, origin: str, txn_id: str, body: dict) -> tuple[int, Any]:
-        return await self.request("PUT", INBOUND.format(origin=origin, txn_id=txn_id), body)
+        # Percent-encoded: a txn_id holding '?', '#' or '%' must reach the service unchanged.
+        path = INBOUND.format(origin=quote(origin, safe=""), txn_id=quote(txn_id, safe=""))
+        return await self.request("PUT", path, body)
 
     async def federation_request(self, destination, method, path, *, query=None, body=None,
                                  timeout_s=None) -> dict:
@@ -129,6 +136,9 @@ class TransactionClient(InternalClient):
 
     async def destination_up(self, destination: str) -> None:
         await self.call("POST", DESTINATION_UP.format(destination=destination), {})
+
+    async def poke_destinations(self) -> None:
+        await self.call("POST", POKE_DESTINATIONS, {})
 
     async def persist(self, request: dict) -> dict:
         return await self.call("POST", PERSIST, request)
