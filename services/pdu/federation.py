@@ -238,7 +238,7 @@ class FederationHandler:
         except Exception as exc:  # noqa: BLE001
             raise _forbidden(f"bad signature: {exc}")
         signed = sign_event(wire(dict(event)), self.server_name, self.key, rv)
-        await self.tx.persist({"events": [{"event_id": event_id, "room_id": room_id,
+        await self.storage.persist({"events": [{"event_id": event_id, "room_id": room_id,
                                            "event": signed, "outlier": False}],
                                "rooms": [{"room_id": room_id, "room_version": version}]})
         return {"event": signed}

@@ -163,7 +163,7 @@ class MembershipHandler:
                    "state_after": {"base": None, "delta": delta}}],
                "rooms": [{"room_id": room_id, "room_version": version, "extremities": [event_id],
                           "current_state": {"same_as": event_id}}]}
-        await self.tx.persist(req)
+        await self.storage.persist(req)
 
     async def leave(self, room_id: str, user_id: str) -> str:
         """Leave a room we are in; or reject an invite to a room we are not in, through the
@@ -189,7 +189,7 @@ class MembershipHandler:
         event_id = ev.pop("event_id")
         await self._request(server, "PUT", f"/_matrix/federation/v2/send_leave/{q(room_id)}/{q(event_id)}",
                             body=ev)
-        await self.tx.persist({"events": [{"event_id": event_id, "room_id": room_id, "event": ev}]})
+        await self.storage.persist({"events": [{"event_id": event_id, "room_id": room_id, "event": ev}]})
         return event_id
 
     async def _pending_invite(self, room_id: str, user_id: str) -> dict | None:
@@ -227,5 +227,5 @@ class MembershipHandler:
             if not isinstance(signed, dict) or compute_event_id(signed, rv) != ev["event_id"]:
                 raise MatrixError(502, "M_UNKNOWN", "invitee's server returned a different event")
             req["events"][0]["event"] = signed
-            await self.tx.persist(req)
+            await self.storage.persist(req)
             return ev["event_id"]
