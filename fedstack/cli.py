@@ -43,6 +43,27 @@ def prepare_data_dir(settings: Settings) -> None:
         ensure_internal_secret(settings.data_dir)
 
 
+def rotate_key(settings: Settings) -> str:
+    """Move the current signing key to `old_signing_keys.json` (public part, expired now)
+    and write a new key with the next version; returns the new key id."""
+    import json
+    path = settings.path("signing_key")
+    old = SigningKey.load(path)
+    old_file = Path(settings.data_dir) / "old_signing_keys.json"
+    olds = json.loads(old_file.read_text()) if old_file.exists() else {}
+    olds[old.key_id] = {"key": old.public_key_base64, "expired_ts": int(time.time() * 1000)}
+    old_file.write_text(json.dumps(olds, indent=1))
+    n = len(olds) + 1
+    new = SigningKey.generate(version=f"a_{n}")
+    while new.key_id in olds:
+        n += 1
+        new = SigningKey.generate(version=f"a_{n}")
+    tmp = path.with_suffix(".new")
+    new.save(tmp)
+    tmp.replace(path)
+    return new.key_id
+
+
 def _uvicorn_config(app, host, port, **kw):
     import uvicorn
     return uvicorn.Config(app, host=host, port=port, log_level=os.environ.get("FEDSTACK_LOG_LEVEL", "warning"),
@@ -205,11 +226,17 @@ def main(argv=None) -> int:
     init = sub.add_parser("init", help="create the signing key, TLS certificate and internal secret")
     init.add_argument("--server-name", required=True)
     init.add_argument("--data-dir", required=True)
+    rot = sub.add_parser("rotate-key", help="replace the signing key; the old one is then "
+                         "served in old_verify_keys (restart pdu and transport afterwards)")
+    rot.add_argument("--data-dir", required=True)
     sv = sub.add_parser("serve", help="run one service from FEDSTACK_* settings")
     sv.add_argument("service", choices=SERVICES)
     args = parser.parse_args(argv)
     if args.cmd == "serve":
         serve(args.service, Settings.from_env())
+        return 0
+    if args.cmd == "rotate-key":
+        print(rotate_key(Settings(data_dir=args.data_dir)))
         return 0
     if args.cmd == "init":
         settings = Settings(server_name=args.server_name, data_dir=args.data_dir)

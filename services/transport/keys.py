@@ -90,3 +90,12 @@ class KeyStore:
             self._cache[server_name] = keys
             return keys
         return self._cache.get(server_name)
+
+
+def load_old_keys(data_dir) -> dict:
+    """Our previous keys (`fedstack rotate-key` writes them), served as old_verify_keys so
+    events signed with them still verify: {key_id: {key, expired_ts}}."""
+    import json
+    from pathlib import Path
+    p = Path(data_dir) / "old_signing_keys.json"
+    return json.loads(p.read_text()) if p.exists() else {}

@@ -143,3 +143,23 @@ def test_public_port_serves_no_internal_route(servers):
     # the internal listener itself refuses requests without the internal secret
     r = httpx.post(f"http://127.0.0.1:{a.ports['transport']}/_internal/transport/v1/request", json={})
     assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN"
+
+
+def test_key_rotation_serves_old_key(tmp_path):
+    from fedstack.cli import rotate_key
+    from shared.crypto import SigningKey
+    from shared.settings import Settings
+    hs = start_homeserver(tmp_path / "rot")
+    try:
+        base = f"https://127.0.0.1:{hs.ports['federation']}/_matrix/key/v2/server"
+        before = httpx.get(base, verify=False).json()
+        old_id = next(iter(before["verify_keys"]))
+        hs.stop()
+        new_id = rotate_key(Settings(data_dir=hs.settings.data_dir))
+        hs.start()
+        after = httpx.get(base, verify=False).json()
+        assert list(after["verify_keys"]) == [new_id] != [old_id]
+        assert after["old_verify_keys"][old_id]["key"] == before["verify_keys"][old_id]["key"]
+        assert SigningKey.load(hs.settings.path("signing_key")).key_id == new_id
+    finally:
+        hs.stop()
