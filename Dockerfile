@@ -22,8 +22,8 @@ RUN pip install --no-deps /src && rm -rf /src
 
 # A fixed UID/GID so that host directories can be prepared for it (chown 10001:10001).
 # /data: the transaction service's database volume; /keys: key, certificate and secret.
-RUN groupadd --system --gid 10001 fedstack \
- && useradd --system --uid 10001 --gid fedstack --home-dir /data --no-create-home --shell /usr/sbin/nologin fedstack \
+RUN groupadd --gid 10001 fedstack \
+ && useradd --uid 10001 --gid fedstack --home-dir /data --no-create-home --shell /usr/sbin/nologin fedstack \
  && mkdir -p /data /keys && chown fedstack:fedstack /data /keys
 USER fedstack
 WORKDIR /data

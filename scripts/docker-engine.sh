@@ -162,6 +162,10 @@ stop_engine() {
         kill -TERM "$cpid"
         for i in $(seq 1 100); do [ -d "/proc/$cpid" ] || break; sleep 0.1; done
     fi
+    # dockerd leaves its bind mount of the host network namespace behind; release it.
+    if grep -q " $STATE_DIR/exec-root/netns/default " /proc/mounts 2>/dev/null; then
+        umount "$STATE_DIR/exec-root/netns/default" 2>/dev/null || true
+    fi
     rm -f "$PID_FILE"
     log "dockerd: PID $pid stopped in $(took "$t0")"
 }

@@ -15,6 +15,7 @@ import hmac
 import httpx
 import orjson
 
+from shared.canonical import dumps
 from shared.errors import MatrixError
 
 SECRET_HEADER = "x-fedstack-secret"
@@ -84,7 +85,7 @@ class InternalClient:
     async def request(self, method: str, path: str, body=None, params=None,
                       headers: dict | None = None) -> tuple[int, object]:
         """Send one request; return (status, parsed JSON body or None)."""
-        content = orjson.dumps(body) if body is not None else None
+        content = dumps(body) if body is not None else None   # any int, as received
         resp = await self._send(method, path, content, params, headers)
         data = None
         if resp.content:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import orjson
 from fastapi import FastAPI, Request
 
+from shared.canonical import BadJSON, parse_json_body
 from shared.errors import MatrixError, install_error_handlers
 from shared.internal import InternalSecretMiddleware
 
@@ -36,12 +37,21 @@ def body_doc(model) -> dict:
 
 
 async def read_json(request: Request, *, require_object: bool = True):
-    """Parse a JSON request body; 400 M_NOT_JSON / M_BAD_JSON instead of any exception."""
+    """Parse a JSON request body; 400 M_NOT_JSON / M_BAD_JSON instead of any exception.
+
+    Strict and exact (`shared.canonical.parse_json_body`): integers keep every digit (orjson
+    alone would turn those beyond 64 bits into floats, so a signature over the body could
+    not be checked and canonical-JSON checks would see the wrong value); an empty body is
+    not JSON."""
     raw = await request.body()
+    if not raw:
+        if require_object:
+            raise MatrixError(400, "M_NOT_JSON", "request body is empty")
+        return None
     try:
-        data = orjson.loads(raw) if raw else None
-    except (orjson.JSONDecodeError, RecursionError, ValueError):
-        raise MatrixError(400, "M_NOT_JSON", "request body is not valid JSON")
+        data = parse_json_body(raw)
+    except BadJSON as exc:
+        raise MatrixError(400, exc.errcode, exc.message)
     if require_object and not isinstance(data, dict):
         raise MatrixError(400, "M_BAD_JSON", "request body must be a JSON object")
     return data

@@ -31,6 +31,9 @@ class Settings:
     backoff_max_s: float = 3600.0                # cap of the doubling retry delay
     federation_timeout_s: float = 30.0           # outbound federation request timeout
     max_body_bytes: int = 12 * 1024 * 1024       # inbound request body cap (413 beyond)
+    max_response_bytes: int = 64 * 1024 * 1024   # cap on a remote's answer we read
+    federation_rate_per_s: float = 100.0         # per-origin sustained inbound request rate
+    federation_rate_burst: int = 1000            # per-origin burst (0: no rate limiting)
     key_validity_s: int = 86400                  # valid_until_ts of our key response
     bind_host: str = "127.0.0.1"                 # where `fedstack serve` listens
     port: int = 0                                # this service's HTTP port (serve)

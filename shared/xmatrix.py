@@ -9,10 +9,16 @@ Invariants:
   names, any order, blanks around commas and '=', quoted or bare values, ``\\x`` → ``x``
   inside quotes, unknown parameters ignored; the first occurrence of a name wins) and
   raises XMatrixError unless origin (a valid server name), key and sig are all present.
+- `verify_request` checks canonical content strictly; content that cannot be canonical
+  (floats, integers beyond ±(2^53−1)) is checked against its sorted compact encoding, as
+  Synapse signs it, so one bad value costs its PDU, not the whole transaction.
 """
 from __future__ import annotations
 
-from shared.crypto import SigningKey, sign_json, verify_json_signature
+import json
+
+from shared.canonical import CanonicalJSONError, check_canonical
+from shared.crypto import SigningKey, decode_base64, sign_json, verify_json_signature
 from shared.events import is_valid_server_name
 
 _SCHEME = "x-matrix"
@@ -115,7 +121,29 @@ def parse_authorization(header_value: str) -> dict:
 
 
 def verify_request(method, uri, origin, destination, content, key_id, sig, verify_key) -> bool:
-    """True iff `sig` by `key_id` signs the request object of §4. Never raises."""
+    """True iff `sig` by `key_id` signs the request object of §4. Never raises.
+
+    Content that is not canonical JSON (a float or an out-of-range integer inside some
+    PDU or EDU) is checked against the sorted compact encoding Synapse's signer writes for
+    it, so that one bad value in one PDU costs that PDU (refused by its own checks), not
+    the whole transaction. Only the check is lenient: what we sign is always canonical."""
     obj = request_signing_json(method, uri, origin, destination, content)
     obj["signatures"] = {origin: {key_id: sig}}
-    return verify_json_signature(obj, origin, key_id, verify_key)
+    if verify_json_signature(obj, origin, key_id, verify_key):
+        return True
+    try:
+        check_canonical(content)
+        return False           # canonical content: the strict check was the right one
+    except CanonicalJSONError:
+        pass
+    try:
+        raw = decode_base64(sig)
+        if len(raw) != 64:
+            return False
+        message = json.dumps(request_signing_json(method, uri, origin, destination, content),
+                             ensure_ascii=False, separators=(",", ":"), sort_keys=True,
+                             allow_nan=False).encode("utf-8")
+        verify_key.verify(message, raw)
+        return True
+    except Exception:  # noqa: BLE001 - anything wrong = not signed
+        return False

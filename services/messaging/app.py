@@ -13,7 +13,7 @@ from fastapi import Query, Request
 
 from services.messaging.delivery import Delivery
 from shared.contracts import messaging as c
-from shared.contracts.pdu import PduClient
+from shared.contracts.pdu import Backfill, BackfillResponse, PduClient
 from shared.contracts.transaction import TransactionClient
 from shared.errors import json_response
 from shared.routing import BodyLimitMiddleware, new_app
@@ -98,6 +98,12 @@ def create_app(settings: Settings, **clients):
     @app.get(c.STATE, tags=["rooms"])
     async def state(room_id: str, request: Request) -> dict:
         return await svc(request).pdu.state(room_id)
+
+    @app.post(c.BACKFILL, tags=["events"], response_model=BackfillResponse)
+    async def backfill(room_id: str, body: Backfill, request: Request):
+        """History from before our server joined, fetched from a server in the room; these
+        events are not delivered to subscriptions."""
+        return json_response(await svc(request).pdu.backfill(room_id, body.model_dump(by_alias=True)))
 
     @app.post(c.SUBSCRIPTIONS, tags=["subscriptions"], response_model=c.SubscriptionResponse)
     async def subscribe(body: c.SubscriptionRequest, request: Request):

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Query, Request
 
+from services.pdu.backfill import Backfiller
 from services.pdu.federation import FederationHandler
 from services.pdu.inbound import InboundHandler
 from services.pdu.keyring import Keyring
@@ -43,6 +44,7 @@ class PduService:
         self.federation = FederationHandler(self.storage, self.tx, self.rooms, self.inbound, name,
                                             key, now_ms)
         self.membership = MembershipHandler(self.storage, self.tx, self.rooms, self.keyring, name, key)
+        self.backfiller = Backfiller(self.storage, self.tx, self.keyring, name)
 
 
 def create_app(settings: Settings, **clients):
@@ -104,6 +106,10 @@ def create_app(settings: Settings, **clients):
         st = await s.storage.state_events(await s.storage.state_map(room["current_state_group"]))
         return json_response({"room_id": room_id, "room_version": room["room_version"],
                               "state": sorted(st.values(), key=lambda e: (e["type"], e["state_key"]))})
+
+    @app.post(c.BACKFILL, tags=["rooms"], response_model=c.BackfillResponse)
+    async def backfill(room_id: str, body: c.Backfill, request: Request):
+        return json_response(await svc(request).backfiller.backfill(room_id, body.from_, body.limit))
 
     # -- federation requests forwarded by transport (origin already verified) ------------
     @app.get(F + "/v1/event/{event_id}", tags=["federation"])

@@ -6,9 +6,11 @@ auth_events (reject) → auth against the state before it (reject) → auth agai
 state (soft-fail). Then one commit stores the event, its state group, the room's new
 extremities and current state, and removes the inbox rows it consumed.
 
-Invariants: an event whose prev_events cannot all be obtained is not stored and changes
-nothing; rejected events are stored as rejected and never enter state or extremities;
-soft-failed events are stored but are neither extremities nor delivered.
+Invariants: an event whose prev_events cannot all be obtained, or include an event of
+another room, is not stored and changes nothing (auth_events of another room reject it, see
+`check_auth_events_list`); a get_missing_events answer is only used for events of the room
+we asked about; rejected events are stored as rejected and never enter state or
+extremities; soft-failed events are stored but are neither extremities nor delivered.
 """
 from __future__ import annotations
 
@@ -89,6 +91,10 @@ class InboundHandler:
             pdu = await self.keyring.check_event(pdu, rv)
         except SignatureFailed as exc:
             raise EventDropped(str(exc))
+        foreign = sorted(e for e, r in (await self.storage.records(pdu["prev_events"])).items()
+                         if r["room_id"] != room_id)
+        if foreign:
+            raise EventDropped(f"prev_events {foreign} belong to another room")
         await self._fill_gaps(pdu, event_id, room, origin, depth)
         await self._authorise_and_store(pdu, event_id, rv, list(inbox_ids), set(forward_to))
         return event_id
@@ -116,7 +122,8 @@ class InboundHandler:
                 break
             new = 0
             for ev in got:
-                if isinstance(ev, dict) and isinstance(ev.get("prev_events"), list):
+                if (isinstance(ev, dict) and isinstance(ev.get("prev_events"), list)
+                        and ev.get("room_id") == room["room_id"]):   # only the room we asked about
                     try:
                         eid = compute_event_id(ev, rv)
                     except Exception:  # noqa: BLE001 - unusable: ignore it

@@ -2,8 +2,11 @@
 (make_join / send_join v2), invite a remote user (invite v2).
 
 Invariants:
-- A make_join template is signed only if it is exactly the join we asked for: the room and
-  user we named, type m.room.member, membership join, a room version we support.
+- A make_join (make_leave) template is signed only if it is exactly the join (leave) we
+  asked for: the room and user we named, type m.room.member, that membership, a room
+  version we support, canonical JSON; otherwise 502 M_UNKNOWN and nothing is sent. A join
+  tries each candidate server in turn; when all fail, a 403 from any of them is the answer,
+  else the one error they all gave, else 502.
 - A send_join answer is used only if its state holds the room's create event of that room
   version, and only its correctly signed events are stored (as outliers; the join itself
   is the room's first event in our DAG view, its state the answer's state).
@@ -18,6 +21,7 @@ from services.pdu.authrules import AuthError, check_auth, check_auth_events_list
 from services.pdu.builder import sign_template
 from services.pdu.keyring import SignatureFailed
 from services.pdu.storage import wire
+from shared.canonical import CanonicalJSONError
 from shared.errors import MatrixError
 from shared.events import EventFormatError, compute_event_id, server_of, validate_event_format
 from shared.room_versions import KNOWN_ROOM_VERSIONS, get_room_version
@@ -86,15 +90,18 @@ class MembershipHandler:
         candidates = [s for s in candidates if s and s != self.server_name]
         if not candidates:
             raise MatrixError(404, "M_NOT_FOUND", "Unknown room and no server to join through")
-        errors = []
+        errors, failures = [], set()
         for server in candidates:
             try:
                 return await self._join_via(server, room_id, user_id)
             except MatrixError as exc:
                 errors.append(f"{server}: {exc.error}")
+                failures.add((exc.status, exc.errcode))
                 log.info("join of %s via %s failed: %s", room_id, server, exc.error)
-        raise MatrixError(403 if any("403" in e for e in errors) else 404, "M_FORBIDDEN"
-                          if errors else "M_NOT_FOUND", "could not join: " + "; ".join(errors))
+        # One candidate refusing us is the answer; else the one error all gave; else 502.
+        status, errcode = ((403, "M_FORBIDDEN") if any(s == 403 for s, _ in failures)
+                           else next(iter(failures)) if len(failures) == 1 else (502, "M_UNKNOWN"))
+        raise MatrixError(status, errcode, "could not join: " + "; ".join(errors))
 
     async def _request(self, server, method, path, *, query=None, body=None) -> dict:
         resp = await self.tx.federation_request(server, method, path, query=query, body=body)
@@ -117,11 +124,11 @@ class MembershipHandler:
                 or template.get("sender") != user_id or template.get("state_key") != user_id
                 or not isinstance(content, dict) or content.get("membership") != "join"):
             raise MatrixError(502, "M_UNKNOWN", "make_join template is not the join we asked for")
-        join = sign_template(template, rv=rv, server_name=self.server_name, key=self.key)
-        event_id = join.pop("event_id")
         try:
+            join = sign_template(template, rv=rv, server_name=self.server_name, key=self.key)
+            event_id = join.pop("event_id")
             validate_event_format(join, rv)
-        except EventFormatError as exc:
+        except (EventFormatError, CanonicalJSONError) as exc:   # e.g. a float in the template
             raise MatrixError(502, "M_UNKNOWN", f"make_join template invalid: {exc}")
         resp = await self._request(server, "PUT", f"/_matrix/federation/v2/send_join/{q(room_id)}/{q(event_id)}",
                                    body=join)
@@ -183,10 +190,15 @@ class MembershipHandler:
         if (not isinstance(template, dict) or template.get("type") != "m.room.member"
                 or template.get("room_id") != room_id or template.get("sender") != user_id
                 or template.get("state_key") != user_id
-                or (template.get("content") or {}).get("membership") != "leave"):
+                or not isinstance(template.get("content"), dict)
+                or template["content"].get("membership") != "leave"):
             raise MatrixError(502, "M_UNKNOWN", "make_leave template is not the leave we asked for")
-        ev = sign_template(template, rv=rv, server_name=self.server_name, key=self.key)
-        event_id = ev.pop("event_id")
+        try:
+            ev = sign_template(template, rv=rv, server_name=self.server_name, key=self.key)
+            event_id = ev.pop("event_id")
+            validate_event_format(ev, rv)
+        except (EventFormatError, CanonicalJSONError) as exc:
+            raise MatrixError(502, "M_UNKNOWN", f"make_leave template invalid: {exc}")
         await self._request(server, "PUT", f"/_matrix/federation/v2/send_leave/{q(room_id)}/{q(event_id)}",
                             body=ev)
         await self.storage.persist({"events": [{"event_id": event_id, "room_id": room_id, "event": ev}]})

@@ -3,6 +3,10 @@
 `create_app(settings)` builds a fresh app with no module-level state. Its lifespan opens
 the database (refusing a second service on the same file), starts the relay to pdu and
 the per-destination senders, and closes everything on shutdown.
+
+Invariant: EDUs enter the outbound queue only through the `/edus` route, each at most
+MAX_EDU_BYTES of canonical JSON (413 M_TOO_LARGE, nothing queued), so no queued EDU is too
+big for a remote to take; one the remote refuses anyway is dropped as poison by the sender.
 """
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ from services.transaction.sender import Sender
 from shared.contracts import transaction as c
 from shared.contracts.pdu import PduClient
 from shared.contracts.transport import FederationRequest, FederationResponse, ServerKeys, TransportClient
-from shared.errors import json_response
+from shared.canonical import CanonicalJSONError, canonical_json
+from shared.errors import MatrixError, json_response
 from shared.routing import body_doc, new_app, read_json
 from shared.settings import Settings
 
@@ -45,6 +50,7 @@ class TransactionService:
         await self.db.start()
         self.relay.start()
         await self.sender.start()
+        await self.sender.poke_all()
 
     async def stop(self):
         await self.relay.stop()
@@ -159,6 +165,37 @@ def create_app(settings: Settings, **clients):
         await svc(request).sender.mark_up(destination)
         return {}
 
+    @app.post(c.EDUS, tags=["outbound"], openapi_extra=body_doc(_Edus))
+    async def queue_edus(request: Request):
+        """Queue EDUs for their destinations. Each must be an object with a string edu_type
+        and an object content, at most MAX_EDU_BYTES of canonical JSON (else 413, nothing
+        queued): an EDU a remote refuses for size could otherwise never be delivered."""
+        s = svc(request)
+        body = await read_json(request)
+        rows = []
+        for e in body.get("edus") if isinstance(body.get("edus"), list) else []:
+            if not (isinstance(e, dict) and isinstance(e.get("destination"), str)
+                    and isinstance(e.get("edu_type"), str) and isinstance(e.get("content"), dict)):
+                raise MatrixError(400, "M_BAD_JSON", "each EDU needs destination, edu_type, content")
+            edu = {"edu_type": e["edu_type"], "content": e["content"]}
+            try:
+                size = len(canonical_json(edu))
+            except CanonicalJSONError as exc:
+                raise MatrixError(400, "M_BAD_JSON", f"EDU is not canonical JSON: {exc}")
+            if size > c.MAX_EDU_BYTES:
+                raise MatrixError(413, "M_TOO_LARGE", f"EDU of {size} bytes, over {c.MAX_EDU_BYTES}")
+            if e["destination"] != settings.server_name:
+                rows.append((e["destination"], edu))
+        await s.db.run(sf.enqueue_edus, rows)
+        s.sender.notify({d for d, _ in rows})
+        return {}
+
+    @app.post(c.POKE_DESTINATIONS, tags=["outbound"])
+    async def poke_destinations(request: Request):
+        """The transport (re)started: tell every known destination we are up."""
+        await svc(request).sender.poke_all()
+        return {}
+
     @app.get(c.DESTINATIONS, tags=["outbound"])
     async def destinations(request: Request):
         s = svc(request)
@@ -206,6 +243,10 @@ class _TransactionBody(BaseModel):
     origin_server_ts: int | None = None
     pdus: list[dict]
     edus: list[dict] = []
+
+
+class _Edus(BaseModel):
+    edus: list[dict]        # {destination, edu_type, content}
 
 
 class _EventIds(BaseModel):

@@ -8,6 +8,8 @@ Invariants:
 - A transaction the remote refuses for good (4xx other than 408/429, POISON_ATTEMPTS times
   in a row) is dropped, so one poison item never wedges a destination.
 - `clock` and `sleep` are injectable so tests can move time without waiting.
+- After a (re)start, each known destination not backing off gets one signed request (its
+  queued transaction, or an empty one) so that a peer that backed off from us resumes.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ class Sender:
         self._workers: dict[str, asyncio.Task] = {}
         self._wake: dict[str, asyncio.Event] = {}
         self._poison: dict[str, tuple[str, int]] = {}
+        self._poke: set[str] = set()
         self.in_flight: dict[str, int] = {}     # observable for tests
         self.max_in_flight_seen = 0
 
@@ -58,6 +61,18 @@ class Sender:
             task = self._workers.get(d)
             if task is None or task.done():
                 self._workers[d] = asyncio.create_task(self._worker(d))
+
+    async def poke_all(self) -> None:
+        """We (re)started: send every known destination that is not backing off one signed
+        request (its queued transaction, else an empty one), so a server that backed off
+        from us while we were away resumes at once (Synapse resets its backoff for us on
+        any signed request from us). Our own persisted backoffs are kept (invariant 5)."""
+        now = self.clock()
+        for d in await self.db.run(sf.known_destinations):
+            if d == self.server_name or (await self.db.run(sf.get_backoff, d))["retry_at"] > now:
+                continue
+            self._poke.add(d)
+            self.notify([d])
 
     async def mark_up(self, destination: str) -> None:
         """The destination showed it is alive: drop its backoff and send at once."""
@@ -83,10 +98,13 @@ class Sender:
                 await self._wait(ev, min(delay, 60.0))
                 continue
             txn = await self.db.run(sf.next_transaction, destination, MAX_PDUS, MAX_EDUS)
+            if txn is None and destination in self._poke:
+                txn = await self.db.run(sf.empty_transaction)
             if txn is None:
                 if ev.is_set():
                     continue
                 return  # no await since the check: a later notify starts a new worker
+            self._poke.discard(destination)
             await self._send(destination, txn, backoff)
 
     async def _send(self, destination: str, txn: dict, backoff: dict) -> None:
@@ -107,6 +125,11 @@ class Sender:
         finally:
             self.in_flight[destination] -= 1
         status = resp.get("status", 0)
+        if not txn["row_ids"] and status != 200:
+            # an empty "we are up" transaction: nothing to retry, and its failure (often
+            # our own transport still starting) is no reason to back off from them
+            log.info("poke of %s failed: %s %s", destination, status, resp.get("error") or resp.get("body"))
+            return
         if status == 200:
             await self.db.run(sf.transaction_sent, destination, txn["row_ids"])
             self._poison.pop(destination, None)

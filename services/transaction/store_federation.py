@@ -111,6 +111,11 @@ def next_transaction(conn, destination: str, max_pdus: int, max_edus: int) -> di
     return {"txn_id": txn_id, "row_ids": ids, "pdus": pdus, "edus": edus}
 
 
+def empty_transaction(conn) -> dict:
+    """A transaction with nothing in it (a signed "we are up" to a destination)."""
+    return {"txn_id": _next_txn_id(conn), "row_ids": [], "pdus": [], "edus": []}
+
+
 def _next_txn_id(conn) -> str:
     """Our outbound txn ids: a random per-database prefix plus a persisted counter, so they
     never repeat, not even after the clock moves back or the database is recreated."""

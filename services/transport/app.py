@@ -4,6 +4,17 @@ Inbound: X-Matrix verification, then `/send` goes to the transaction service and
 other federation request to the pdu service (the handlers the upper layers registered).
 Outbound: the internal `/request` route signs and sends for the transaction service.
 `create_app(settings)` builds a fresh app with no module-level state.
+
+Invariants:
+- Every federation request except keys and version is authenticated first, then counted
+  against its origin's rate limit (`ratelimit.py`: 429 M_LIMIT_EXCEEDED, nothing behind the
+  transport sees a refused request).
+- An authenticated request from a server tells the transaction service that server is up
+  (its backoff ends and its queue is flushed at once): /send through the transaction
+  service's inbound route, every other request through `destination_up`. Notifications
+  are coalesced per origin (UP_NOTIFY_INTERVAL_S), except that a failed outbound request
+  to a destination re-arms it at once, so a server we just started backing off from is
+  never left waiting because it was seen a moment before.
 """
 from __future__ import annotations
 
@@ -16,8 +27,9 @@ from fastapi import Request
 from starlette.responses import Response
 
 from services.transport.inbound_auth import authenticate, raw_uri
-from services.transport.keys import KeyStore, our_key_response
+from services.transport.keys import KeyStore, load_old_keys, our_key_response
 from services.transport.outbound import FederationClient
+from services.transport.ratelimit import RateLimiter
 from shared.contracts import pdu as pdu_c
 from shared.contracts import transport as c
 from shared.contracts.transaction import TransactionClient
@@ -57,15 +69,51 @@ class TransportService:
         self.transaction = transaction_client or TransactionClient(settings.transaction_url, secret)
         self.pdu = pdu_client or InternalClient(settings.pdu_url, secret)
         self._last_up: dict[str, float] = {}
+        self._announce: asyncio.Task | None = None
+        self.limiter = RateLimiter(settings.federation_rate_per_s, settings.federation_rate_burst)
+
+    def start(self) -> None:
+        self._announce = asyncio.create_task(self._announce_started())
+
+    async def _announce_started(self) -> None:
+        """Once our public listener accepts connections, have the transaction service send
+        each known peer a signed request: a peer that backed off from us while we were
+        down (Synapse: 10 minutes and more) then resumes at once. Best effort."""
+        host = self.settings.bind_host
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+        for _ in range(100):
+            try:
+                _r, w = await asyncio.open_connection(host, self.settings.federation_port)
+                w.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        else:
+            return   # no public listener here (in-process tests): nobody could reach us
+        for _ in range(120):
+            try:
+                await self.transaction.poke_destinations()
+                return
+            except Exception:  # noqa: BLE001 - transaction service not up yet
+                await asyncio.sleep(0.5)
 
     async def stop(self):
+        if self._announce is not None:
+            self._announce.cancel()
+            await asyncio.gather(self._announce, return_exceptions=True)
         await self.fed.aclose()
         await self.transaction.aclose()
         await self.pdu.aclose()
 
     async def authenticate(self, request: Request, content) -> str:
-        return await authenticate(request.scope, request.headers.items(), content,
-                                  self.settings.server_name, self.keys)
+        origin = await authenticate(request.scope, request.headers.items(), content,
+                                    self.settings.server_name, self.keys)
+        self.limiter.check(origin)
+        return origin
+
+    def outbound_failed(self, destination: str) -> None:
+        """An outbound request failed: the next request from it must notify at once."""
+        self._last_up.pop(destination, None)
 
     def origin_seen(self, origin: str) -> None:
         """Tell the transaction service (at most every few seconds) that origin is alive."""
@@ -92,6 +140,7 @@ def create_app(settings: Settings, **clients):
     async def lifespan(app):
         svc = TransportService(settings, **clients)
         app.state.svc = svc
+        svc.start()
         try:
             yield
         finally:
@@ -103,7 +152,8 @@ def create_app(settings: Settings, **clients):
     @app.get("/_matrix/key/v2/server", tags=["keys"])
     async def key_server(request: Request):
         s = request.app.state.svc
-        return json_response(our_key_response(settings.server_name, s.key, settings.key_validity_s))
+        return json_response(our_key_response(settings.server_name, s.key, settings.key_validity_s,
+                                              load_old_keys(settings.data_dir)))
 
     @app.get(FED + "/v1/version", tags=["federation"])
     async def version():
@@ -124,8 +174,11 @@ def create_app(settings: Settings, **clients):
     @app.post(c.REQUEST, tags=["internal"], response_model=c.FederationResponse)
     async def outbound(body: c.FederationRequest, request: Request):
         s = request.app.state.svc
-        return await s.fed.request(body.destination, body.method, body.path, query=body.query,
+        resp = await s.fed.request(body.destination, body.method, body.path, query=body.query,
                                    body=body.body, timeout_s=body.timeout_s)
+        if not 200 <= resp["status"] < 300:
+            s.outbound_failed(body.destination)
+        return resp
 
     @app.get(c.KEYS, tags=["internal"], response_model=c.ServerKeys)
     async def keys(server_name: str, request: Request):

@@ -1,11 +1,15 @@
 """X-Matrix verification of inbound federation requests.
 
 Invariant: a request reaches a handler only if one of its X-Matrix headers carries a valid
-signature, by a current key of `origin`, over {method, raw uri, origin, destination, content}
-with destination = our server name. Otherwise 401 M_UNAUTHORIZED (400 for a header that
-cannot be parsed at all, as Synapse does).
+signature, by a current key of `origin` (one of its `verify_keys`, whose valid_until_ts has
+not passed; old_verify_keys never authenticate requests), over {method, raw uri, origin,
+destination, content} with destination = our server name. Otherwise 401 M_UNAUTHORIZED;
+Authorization headers of other schemes count as absent; 400 M_UNAUTHORIZED when every
+X-Matrix header is unparseable, as Synapse does.
 """
 from __future__ import annotations
+
+import time
 
 from shared.crypto import verify_key_from_base64
 from shared.errors import MatrixError
@@ -22,9 +26,10 @@ def raw_uri(scope) -> str:
 
 async def authenticate(scope, headers, content, server_name: str, keystore) -> str:
     """The verified origin of the request, or MatrixError."""
-    values = [v for k, v in headers if k.lower() == "authorization"]
-    if not values:
-        raise MatrixError(401, "M_UNAUTHORIZED", "Missing Authorization headers")
+    values = [v for k, v in headers if k.lower() == "authorization"
+              and v.lstrip(" \t")[:8].lower() == "x-matrix"]
+    if not values:   # none, or only other schemes (Bearer, Basic...): not authenticated
+        raise MatrixError(401, "M_UNAUTHORIZED", "Missing X-Matrix Authorization header")
     uri = raw_uri(scope)
     method = scope["method"]
     last_error = "no valid signature"
@@ -41,6 +46,9 @@ async def authenticate(scope, headers, content, server_name: str, keystore) -> s
             raise MatrixError(401, "M_UNAUTHORIZED", "Request was not meant for this server")
         keys = await keystore.get(auth["origin"], auth["key"])
         b64 = (keys or {}).get("verify_keys", {}).get(auth["key"])
+        if b64 is not None and keys["valid_until_ts"] < time.time() * 1000:
+            last_error = f"key {auth['key']} of {auth['origin']} has expired"
+            continue
         if b64 is None:
             last_error = f"unknown key {auth['key']} of {auth['origin']}"
             continue

@@ -6,7 +6,10 @@ Invariants:
 - Requests to loopback, private or link-local addresses are refused unless
   `allow_private_destinations` is set.
 - A failure to get an HTTP answer is reported as status 0 with an error, never raised.
-- Response bodies over MAX_RESPONSE_BYTES are cut off and reported as an error.
+- Response bodies over `max_response_bytes` (settings) are refused as soon as their
+  declared Content-Length says so, or cut off once that much was read; either is an error.
+- Every request has a total deadline (the timeout): a remote that hangs, or drips its
+  answer a byte at a time (each byte within httpx's per-read timeout), is given up on.
 """
 from __future__ import annotations
 
@@ -47,6 +50,7 @@ class FederationClient:
         self.key = key
         self.allow_private = settings.allow_private_destinations
         self.timeout = settings.federation_timeout_s
+        self.max_response_bytes = getattr(settings, "max_response_bytes", MAX_RESPONSE_BYTES)
         # `transports` maps a server name to an httpx transport (in-process tests only).
         self._transports = transports or {}
         self._http = httpx.AsyncClient(verify=settings.verify_tls, timeout=self.timeout,
@@ -99,16 +103,24 @@ class FederationClient:
         host, port = split_server_name(destination)
         hostpart = f"[{host}]" if ":" in host else host
         url = f"https://{hostpart}:{port}{uri}"
+        timeout = timeout_s or self.timeout
+        cap = self.max_response_bytes
+        too_large = {"status": 0, "body": None, "error": f"response too large (over {cap} bytes)"}
         try:
-            async with self._client_for(destination).stream(
-                    method, url, content=content, headers=headers,
-                    timeout=timeout_s or self.timeout) as resp:
-                data = bytearray()
-                async for chunk in resp.aiter_bytes():
-                    data += chunk
-                    if len(data) > MAX_RESPONSE_BYTES:
-                        return {"status": 0, "body": None, "error": "response too large"}
-                status = resp.status_code
+            async with asyncio.timeout(timeout):
+                async with self._client_for(destination).stream(
+                        method, url, content=content, headers=headers, timeout=timeout) as resp:
+                    declared = resp.headers.get("content-length", "")
+                    if declared.isdigit() and int(declared) > cap:
+                        return too_large
+                    data = bytearray()
+                    async for chunk in resp.aiter_bytes():
+                        data += chunk
+                        if len(data) > cap:
+                            return too_large
+                    status = resp.status_code
+        except TimeoutError:
+            return {"status": 0, "body": None, "error": f"timed out after {timeout}s"}
         except (httpx.HTTPError, OSError, asyncio.TimeoutError) as exc:
             return {"status": 0, "body": None, "error": f"{type(exc).__name__}: {exc}"}
         try:

@@ -17,6 +17,7 @@ BAN = "/v1/rooms/{room_id}/ban"
 UNBAN = "/v1/rooms/{room_id}/unban"
 EVENTS = "/v1/rooms/{room_id}/events"
 STATE = "/v1/rooms/{room_id}/state"
+BACKFILL = "/v1/rooms/{room_id}/backfill"
 SUBSCRIPTIONS = "/v1/subscriptions"
 SUBSCRIPTION = "/v1/subscriptions/{subscription_id}"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from shared.internal import InternalClient
 
@@ -20,6 +20,7 @@ JOIN = PREFIX + "/rooms/{room_id}/join"
 INVITE = PREFIX + "/rooms/{room_id}/invite"
 LEAVE = PREFIX + "/rooms/{room_id}/leave"
 STATE = PREFIX + "/rooms/{room_id}/state"
+BACKFILL = PREFIX + "/rooms/{room_id}/backfill"
 FEDERATION = PREFIX + "/federation"     # + the path after /_matrix/federation
 ORIGIN_HEADER = "x-fedstack-origin"
 
@@ -66,6 +67,18 @@ class Leave(BaseModel):
     user_id: str
 
 
+class Backfill(BaseModel):
+    """Page back through history from before we joined: `from` is the previous page's
+    `next` (omit it to start just before our oldest event of the room)."""
+    from_: list[str] | None = Field(None, alias="from")
+    limit: int = 50
+
+
+class BackfillResponse(BaseModel):
+    events: list[dict]          # newest first, each with its event_id; not delivered live
+    next: list[str] | None      # pass as `from` for the page before; null: no more
+
+
 class EventIdResponse(BaseModel):
     event_id: str
 
@@ -101,3 +114,6 @@ class PduClient(InternalClient):
 
     async def state(self, room_id: str) -> dict:
         return await self.call("GET", STATE.format(room_id=room_id))
+
+    async def backfill(self, room_id: str, body: dict) -> dict:
+        return await self.call("POST", BACKFILL.format(room_id=room_id), body)

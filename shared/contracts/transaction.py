@@ -25,6 +25,8 @@ SERVER_KEYS = PREFIX + "/server_keys/{server_name}"
 DESTINATION_UP = PREFIX + "/destinations/{destination}/up"
 DESTINATIONS = PREFIX + "/destinations"
 POKE_DESTINATIONS = PREFIX + "/destinations/poke"
+EDUS = PREFIX + "/edus"
+MAX_EDU_BYTES = 65536        # canonical JSON size of one queued EDU (413 M_TOO_LARGE beyond)
 PERSIST = PREFIX + "/events/persist"
 GET_EVENTS = PREFIX + "/events/get"
 ROOM = PREFIX + "/rooms/{room_id}"
@@ -132,13 +134,17 @@ class TransactionClient(InternalClient):
             "query": list(query or []), "body": body, "timeout_s": timeout_s})
 
     async def server_keys(self, server_name: str) -> dict:
-        return await self.call("GET", SERVER_KEYS.format(server_name=server_name))
+        return await self.call("GET", SERVER_KEYS.format(server_name=quote(server_name, safe="")))
 
     async def destination_up(self, destination: str) -> None:
-        await self.call("POST", DESTINATION_UP.format(destination=destination), {})
+        await self.call("POST", DESTINATION_UP.format(destination=quote(destination, safe="")), {})
 
     async def poke_destinations(self) -> None:
         await self.call("POST", POKE_DESTINATIONS, {})
+
+    async def queue_edus(self, edus: list[dict]) -> None:
+        """Queue EDUs, each {destination, edu_type, content}, for delivery (all or none)."""
+        await self.call("POST", EDUS, {"edus": list(edus)})
 
     async def persist(self, request: dict) -> dict:
         return await self.call("POST", PERSIST, request)
@@ -149,11 +155,13 @@ class TransactionClient(InternalClient):
         return (await self.call("POST", GET_EVENTS, {"event_ids": list(event_ids)}))["events"]
 
     async def get_room(self, room_id: str) -> dict | None:
-        status, data = await self.request("GET", ROOM.format(room_id=room_id))
+        # Percent-encoded: a room ID from a remote ("../stream", "!x?y") names no other route.
+        path = ROOM.format(room_id=quote(room_id, safe=""))
+        status, data = await self.request("GET", path)
         if status == 404:
             return None
         if status >= 300:
-            await self.call("GET", ROOM.format(room_id=room_id))
+            await self.call("GET", path)
         return data
 
     async def state_groups(self, groups) -> dict[int, list]:

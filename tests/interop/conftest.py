@@ -34,3 +34,35 @@ def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SynapsePeer]:
     finally:
         peer.stop()
         atexit.unregister(peer.stop)
+
+
+# ---------------------------------------------------------------------------
+# 2. fedstack homeserver + callbacks, federating with the Synapse peer
+# ---------------------------------------------------------------------------
+
+from tests.interop.fedstack_peer import FedstackPeer  # noqa: E402
+from tests.processes import CallbackServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def callbacks() -> Iterator[CallbackServer]:
+    """One callback receiver for every subscription of the session."""
+    cb = CallbackServer().start()
+    try:
+        yield cb
+    finally:
+        cb.stop()
+
+
+@pytest.fixture(scope="session")
+def fedstack(tmp_path_factory: pytest.TempPathFactory, synapse: SynapsePeer,
+             callbacks: CallbackServer) -> Iterator[FedstackPeer]:
+    """One fedstack homeserver (four processes, HTTPS federation on loopback) for the
+    whole session, next to the `synapse` peer. Tests that stop it must start it again."""
+    peer = FedstackPeer.start(tmp_path_factory.mktemp("fedstack"), callbacks)
+    atexit.register(peer.stop)
+    try:
+        yield peer
+    finally:
+        peer.stop()
+        atexit.unregister(peer.stop)
