@@ -182,9 +182,14 @@ class Homeserver:
                 time.sleep(0.05)
 
     def start(self) -> None:
-        for instance in self.instances():
-            self.start_service(instance)
-        self.wait_healthy()
+        """Start every process; if one does not come up, stop them all and raise."""
+        try:
+            for instance in self.instances():
+                self.start_service(instance)
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
 
     def stop_service(self, service: str, sig=signal.SIGTERM, timeout: float = 10.0) -> None:
         proc = self.procs.pop(service, None)
