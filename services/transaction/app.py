@@ -104,7 +104,8 @@ def create_app(settings: Settings, **clients):
     def svc(request: Request) -> TransactionService:
         return request.app.state.svc
 
-    @app.put(c.INBOUND, tags=["inbound"], openapi_extra=body_doc(_TransactionBody))
+    @app.put(c.INBOUND_ROUTE, tags=["inbound"],
+             openapi_extra=body_doc(_TransactionBody))
     async def inbound(origin: str, txn_id: str, request: Request):
         s = svc(request)
         body = await read_json(request)

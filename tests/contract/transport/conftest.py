@@ -34,7 +34,7 @@ class FakeTransaction:
         self.answer: tuple[int, object] = (200, {"pdus": {}})
         self.app = fake_internal_app("fake-transaction")
 
-        @self.app.put(tx_c.INBOUND)
+        @self.app.put(tx_c.INBOUND_ROUTE)
         async def inbound(origin: str, txn_id: str, request: Request):
             self.inbound.append({"origin": origin, "txn_id": txn_id,
                                  "body": orjson.loads(await request.body())})

@@ -58,8 +58,6 @@ async def test_escaped_txn_id_reaches_transaction_unchanged(public_client, remot
     assert [t["txn_id"] for t in fake_transaction.inbound] == [txn_id]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (not fixed): a txn_id containing '/' (sent as %2F) "
-                   "404s: the transport and transaction routes match the decoded path")
 async def test_txn_id_with_slash_is_accepted(public_client, remote, fake_transaction):
     resp = await put_signed(public_client, remote, FED + "/v1/send/a%2Fb", txn_body())
     assert resp.status_code == 200, resp.text
