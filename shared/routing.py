@@ -60,6 +60,7 @@ async def read_json(request: Request, *, require_object: bool = True):
 def new_app(title: str, secret: str | None, version: str = "0.1.0", **kwargs) -> FastAPI:
     """A FastAPI app with Matrix errors, `/health`, and the internal-secret guard."""
     app = FastAPI(title=title, version=version, **kwargs)
+    app.router.redirect_slashes = False     # an unknown path is 404, never a redirect
     install_error_handlers(app)
 
     @app.get("/health", tags=["health"])

@@ -163,6 +163,8 @@ def create_app(settings: Settings, **clients):
              openapi_extra=body_doc(_Transaction))
     async def send(txn_id: str, request: Request):
         s = request.app.state.svc
+        if not txn_id:
+            raise MatrixError(404, "M_UNRECOGNIZED", "Unrecognized request")
         body = await read_json(request)
         origin = await s.authenticate(request, body)
         status, data = await s.transaction.inbound_transaction(origin, txn_id, body)
