@@ -3,7 +3,8 @@
 Invariants: every route under `/_internal/` answers 403 `M_FORBIDDEN` unless the request
 carries the homeserver's internal secret; `/health` and public routes are unaffected.
 `InternalClient.call` turns a non-2xx answer back into the `MatrixError` the callee raised,
-so errors cross layers unchanged.
+so errors cross layers unchanged. Request bodies are passed on as received (an integer
+beyond 64 bits included: the callee decides about it, the hop never fails on it).
 
 The client is httpx: it lets tests swap the network for an in-process ASGI transport, so
 two whole homeservers can run inside one test process. Connections are kept alive.

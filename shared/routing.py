@@ -4,6 +4,10 @@ common app setup (errors, secret, health).
 Hot routes read the body with orjson instead of a pydantic model (a model per event costs
 about 20%), yet their request shape still appears in the OpenAPI document via
 `body_doc(Model)`.
+
+Invariants: `read_json` never raises anything but 400 M_NOT_JSON / M_BAD_JSON for a bad
+body (empty, not UTF-8, NaN, nesting too deep, 5000-digit numbers, lone surrogates...) and
+keeps every integer exact; `BodyLimitMiddleware` answers 413 M_TOO_LARGE before any parsing.
 """
 from __future__ import annotations
 

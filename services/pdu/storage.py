@@ -208,15 +208,15 @@ class Storage:
         return res
 
     async def records(self, event_ids) -> dict[str, dict]:
-        """Stored records by id; only non-outlier records are cached (an outlier may still
-        be upgraded into the room's DAG view)."""
+        """Stored records by id, cached. A cached outlier is dropped from the cache when
+        this replica stores the event again (upgraded into the DAG view, or redacted);
+        another replica's upgrade is seen when the entry ages out of the LRU."""
         out = {e: self._records[e] for e in event_ids if e in self._records}
         want = [e for e in dict.fromkeys(event_ids) if e not in out]
         if want:
             for eid, rec in (await self.tx.get_events(want)).items():
                 out[eid] = rec
-                if not rec["outlier"]:
-                    self._records.put(eid, rec)
+                self._records.put(eid, rec)
         return out
 
     def forget(self, event_id: str) -> None:

@@ -8,6 +8,9 @@ State is stored as immutable *state groups*: a group is a base group plus a delt
 `{"group": 7}` an existing one, `{"same_as": "$e"}` the group after event `$e` (stored or
 earlier in the same persist call), `{"base": <spec or null>, "delta": [[t, sk, id], ...]}`
 a new group.
+
+Path parameters (origin, txn_id, room_id, server names) are percent-encoded by the client:
+values that come from remote servers never change which route is called.
 """
 from __future__ import annotations
 

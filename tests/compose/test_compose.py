@@ -9,7 +9,11 @@ Run alone:  python3 -m pytest -s -m compose tests/compose
 from __future__ import annotations
 
 import json
+import os
+import re
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from tests.compose.conftest import (compose_cmd, compose_env, free_ports, record, run)
+from tests.compose.conftest import (REPO, compose_cmd, compose_env, free_ports, record, run)
 
 pytestmark = pytest.mark.compose
 
@@ -120,6 +124,18 @@ class ComposeHomeserver:
         self.is_up = False
         return time.monotonic() - t0
 
+    def container_settings(self) -> dict[str, dict[str, str]]:
+        """Per service: the FEDSTACK_* variables its running container was started with."""
+        ids = self.compose("ps", "-q").stdout.split()
+        infos = json.loads(run(["docker", "inspect", *ids], env=self.env, timeout=30,
+                               what="docker inspect").stdout)
+        out = {}
+        for info in infos:
+            env = dict(e.split("=", 1) for e in info["Config"]["Env"])
+            out[info["Config"]["Labels"]["com.docker.compose.service"]] = {
+                k: v for k, v in env.items() if k.startswith("FEDSTACK_")}
+        return out
+
     def call(self, method: str, path: str, body: dict | None = None) -> dict:
         resp = httpx.request(method, self.api + path, json=body, timeout=60)
         assert resp.status_code == 200, f"{self.project} {method} {path}: {resp.status_code} {resp.text}"
@@ -207,3 +223,78 @@ def test_room_on_a_joined_from_b_messages_both_ways(homeservers, callbacks):
     members = {e["state_key"]: e["content"]["membership"]
                for e in a.call("GET", f"/v1/rooms/{room}/state")["state"] if e["type"] == "m.room.member"}
     assert members == {alice: "join", bob: "join"}
+
+
+# --------------------------------------------------------------------------- contract suites
+
+CONTRACT_TIMEOUT = 120.0   # seconds, for the four suites together (23-28 s on 2 CPUs)
+
+
+def pytest_summary(output: str) -> dict[str, int] | None:
+    """The counts of a pytest run's final summary line ("3 passed, 2 skipped in 1.2s"),
+    e.g. {"passed": 3, "skipped": 2}; None if the output has no summary line."""
+    for line in reversed(output.strip().splitlines()):
+        line = line.strip(" =")
+        if re.search(r"\bin [0-9.]+s\b", line) and (
+                "no tests ran" in line or re.match(r"\d+ \w+", line)):
+            counts = {word: int(n) for n, word in re.findall(r"(\d+) (\w+)", line.split(" in ")[0])}
+            return {{"error": "errors", "warning": "warnings"}.get(w, w): n for w, n in counts.items()}
+    return None
+
+
+@pytest.fixture(scope="module")
+def contract_runs(homeservers, tmp_path_factory):
+    """Each service's contract suite run against homeserver A's container, the four at once:
+    `python -m pytest tests/contract/<service> --base-url http://127.0.0.1:<internal port> -q`
+    (transport too: its internal listener serves the federation routes as well). The
+    subprocess gets the container's own FEDSTACK_* settings (server name, internal secret,
+    TLS verification, body limit, ...) and none of the caller's.
+    Returns {service: (exit code or None on time-out, output, summary counts or None)}."""
+    a, _ = homeservers
+    settings = a.container_settings()
+    outdir = tmp_path_factory.mktemp("contract")
+    caller = {k: v for k, v in os.environ.items() if not k.startswith("FEDSTACK_")}
+    t0 = time.monotonic()
+    procs = {}
+    try:
+        for service in SERVICES:
+            cmd = [sys.executable, "-m", "pytest", f"tests/contract/{service}",
+                   "--base-url", f"http://127.0.0.1:{a.ports[service]}", "-q",
+                   "-p", "no:cacheprovider"]   # several at once: no shared .pytest_cache writes
+            log = (outdir / f"{service}.log").open("w")
+            procs[service] = (subprocess.Popen(cmd, cwd=REPO, env={**caller, **settings[service]},
+                                               stdout=log, stderr=subprocess.STDOUT, text=True), log)
+        results = {}
+        for service, (proc, log) in procs.items():
+            try:
+                code = proc.wait(timeout=max(1.0, t0 + CONTRACT_TIMEOUT - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                code = None
+            log.close()
+            out = (outdir / f"{service}.log").read_text()
+            results[service] = (code, out, pytest_summary(out))
+    finally:
+        for proc, log in procs.values():   # only on an error above: ours, by their Popen
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
+    record("contract suites vs A's containers (4 at once)", f"{time.monotonic() - t0:.1f} s")
+    for service, (code, _, counts) in results.items():
+        record(f"  contract {service}", ", ".join(f"{n} {w}" for w, n in (counts or {}).items())
+               or f"no summary (exit {code})")
+    return results
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_contract_suite_passes_against_the_container(contract_runs, service):
+    """The HTTP-only part of the service's contract suite holds for the service as compose
+    runs it: exit 0 and some tests passed (a run where everything skipped proves nothing)."""
+    code, out, counts = contract_runs[service]
+    tail = "\n".join(out.strip().splitlines()[-60:])
+    assert code is not None, f"contract {service}: no result after {CONTRACT_TIMEOUT:.0f} s\n{tail}"
+    assert counts is not None, f"contract {service}: no pytest summary line (exit {code})\n{tail}"
+    assert code == 0, f"contract {service}: exit {code}, {counts}\n{tail}"
+    assert counts.get("passed", 0) > 0, f"contract {service}: nothing passed, {counts}\n{tail}"
