@@ -44,6 +44,7 @@ class InboundHandler:
         self.keyring = keyring
         self.rooms = rooms
         self.server_name = server_name
+        self._absent: set[str] = set()
 
     async def handle_batch(self, items: list[dict]) -> None:
         """Process relayed inbox items, in order per room; every inbox id is consumed.
@@ -54,6 +55,7 @@ class InboundHandler:
             by_room.setdefault(item["room_id"], []).append(item)
         for room_id, group in by_room.items():
             async with self.rooms.lock(room_id):
+                self._absent = await self._prefetch(room_id, group)
                 try:
                     async with self.storage.batch():
                         for item in group:
@@ -63,6 +65,21 @@ class InboundHandler:
                         raise
                     for item in group:
                         await self._receive_item(item)
+
+    async def _prefetch(self, room_id: str, group: list[dict]) -> set[str]:
+        """One look-up for a whole group: which of its events are not stored yet (so each
+        event's own "already known?" check needs no round trip)."""
+        room = await self.storage.room(room_id)
+        if room is None:
+            return set()
+        rv = get_room_version(room["room_version"])
+        ids = set()
+        for item in group:
+            try:
+                ids.add(compute_event_id(item["pdu"], rv))
+            except Exception:  # noqa: BLE001 - malformed: receive() will drop it
+                continue
+        return ids - set(await self.storage.records(list(ids)))
 
     async def _receive_item(self, item: dict) -> None:
         try:
@@ -83,7 +100,9 @@ class InboundHandler:
         except EventFormatError as exc:
             raise EventDropped(f"bad format: {exc}")
         event_id = compute_event_id(pdu, rv)
-        if await self.storage.records([event_id]):
+        if event_id in self._absent:
+            self._absent.discard(event_id)   # checked by the batch's prefetch
+        elif await self.storage.records([event_id]):
             if inbox_ids:
                 await self.storage.persist({"inbox_ids": list(inbox_ids)})
             return event_id
