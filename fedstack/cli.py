@@ -91,7 +91,11 @@ def serve(service: str, settings: Settings) -> None:
             await asyncio.sleep(0.02)
         rest = [asyncio.create_task(s.serve()) for s in servers[1:]]
         await asyncio.gather(first, *rest)
-    asyncio.run(main())
+    try:   # uvicorn applies loop="uvloop" only in Server.run(); we run two servers ourselves
+        import uvloop
+    except ImportError:
+        uvloop = None
+    (uvloop.run if uvloop else asyncio.run)(main())
 
 
 class PublicOnly:
