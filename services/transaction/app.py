@@ -116,7 +116,11 @@ def create_app(settings: Settings, **clients):
     @app.post(c.PERSIST, tags=["events"], openapi_extra=body_doc(c.PersistRequest),
               response_model=c.PersistResponse)
     async def persist(request: Request):
-        return json_response(await svc(request).persist(await read_json(request)))
+        try:
+            return json_response(await svc(request).persist(await read_json(request)))
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            # a request not of the PersistRequest shape (the commit was rolled back)
+            raise MatrixError(400, "M_BAD_JSON", f"malformed persist request: {exc!r}"[:300])
 
     @app.post(c.GET_EVENTS, tags=["events"], openapi_extra=body_doc(_EventIds))
     async def get_events(request: Request):
@@ -138,6 +142,7 @@ def create_app(settings: Settings, **clients):
     @app.get(c.STREAM, tags=["events"], response_model=c.StreamResponse)
     async def stream(request: Request, after: int = 0, limit: int = Query(100, ge=1, le=1000),
                      room_id: str | None = None, timeout_ms: int = Query(0, ge=0, le=60000)):
+        after = max(min(after, 2**63 - 1), -2**63)     # positions are SQLite integers
         waiter = asyncio.ensure_future(svc(request).wait_stream(after, limit, room_id, timeout_ms))
         while True:  # a long poll ends early when its caller has gone away
             done, _ = await asyncio.wait({waiter}, timeout=0.5)
@@ -224,6 +229,8 @@ def create_app(settings: Settings, **clients):
 
     @app.put(c.SUBSCRIPTION_POSITION, tags=["subscriptions"])
     async def set_position(subscription_id: str, body: _Position, request: Request):
+        if not -2**63 <= body.position < 2**63:
+            raise MatrixError(400, "M_INVALID_PARAM", "position out of range")
         await svc(request).db.run(sf.set_subscription_position, subscription_id, body.position,
                                   body.owner)
         return {}

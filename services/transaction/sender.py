@@ -25,6 +25,7 @@ log = logging.getLogger("fedstack.transaction.sender")
 MAX_PDUS = 50
 MAX_EDUS = 100
 POISON_ATTEMPTS = 3
+_NO_BACKOFF = {"retry_at": 0.0, "retry_interval": 0.0, "failures": 0, "known": True}
 
 
 class Sender:
@@ -39,6 +40,7 @@ class Sender:
         self._wake: dict[str, asyncio.Event] = {}
         self._poison: dict[str, tuple[str, int]] = {}
         self._poke: set[str] = set()
+        self._backoff: dict[str, dict] = {}     # mirror of the stored backoff (we own it)
         self.in_flight: dict[str, int] = {}     # observable for tests
         self.max_in_flight_seen = 0
 
@@ -69,18 +71,26 @@ class Sender:
         any signed request from us). Our own persisted backoffs are kept (invariant 5)."""
         now = self.clock()
         for d in await self.db.run(sf.known_destinations):
-            if d == self.server_name or (await self.db.run(sf.get_backoff, d))["retry_at"] > now:
+            if d == self.server_name or (await self._get_backoff(d))["retry_at"] > now:
                 continue
             self._poke.add(d)
             self.notify([d])
 
+    async def _get_backoff(self, destination: str) -> dict:
+        """The destination's backoff, read from the database once, then kept in step by
+        every write this sender makes (the transaction service is its only writer)."""
+        if destination not in self._backoff:
+            self._backoff[destination] = await self.db.run(sf.get_backoff, destination)
+        return self._backoff[destination]
+
     async def mark_up(self, destination: str) -> None:
         """The destination showed it is alive: drop its backoff and send at once."""
+        b = await self._get_backoff(destination)
+        if b["retry_at"] == 0.0 and b["failures"] == 0:
+            return          # not backing off: nothing to do (no database round trip)
         await self.db.run(sf.mark_up, destination)
-        if await self.db.run(sf.outbox_count, destination):
-            self.notify([destination])
-        if destination in self._wake:
-            self._wake[destination].set()
+        self._backoff[destination] = dict(_NO_BACKOFF)
+        self.notify([destination])   # the worker ends at once if nothing is queued
 
     async def _wait(self, ev: asyncio.Event, seconds: float) -> None:
         try:
@@ -92,7 +102,7 @@ class Sender:
         ev = self._wake.setdefault(destination, asyncio.Event())
         while True:
             ev.clear()
-            backoff = await self.db.run(sf.get_backoff, destination)
+            backoff = await self._get_backoff(destination)
             delay = backoff["retry_at"] - self.clock()
             if delay > 0:
                 await self._wait(ev, min(delay, 60.0))
@@ -131,7 +141,9 @@ class Sender:
             log.info("poke of %s failed: %s %s", destination, status, resp.get("error") or resp.get("body"))
             return
         if status == 200:
-            await self.db.run(sf.transaction_sent, destination, txn["row_ids"])
+            write = backoff["failures"] or backoff["retry_at"] or not backoff.get("known", True)
+            await self.db.run(sf.transaction_sent, destination, txn["row_ids"], bool(write))
+            self._backoff[destination] = dict(_NO_BACKOFF)
             self._poison.pop(destination, None)
             return
         log.info("send to %s failed: %s %s", destination, status, resp.get("error") or resp.get("body"))
@@ -141,7 +153,10 @@ class Sender:
             await self.db.run(sf.drop_transaction, txn["row_ids"])
             return
         interval = min(self.backoff_max, max(self.backoff_min, backoff["retry_interval"] * 2))
-        await self.db.run(sf.transaction_failed, destination, self.clock() + interval, interval)
+        retry_at = self.clock() + interval
+        failures = await self.db.run(sf.transaction_failed, destination, retry_at, interval)
+        self._backoff[destination] = {"retry_at": retry_at, "retry_interval": interval,
+                                      "failures": failures, "known": True}
 
     def _is_poison(self, destination: str, txn: dict) -> bool:
         txn_id, count = self._poison.get(destination, (txn["txn_id"], 0))

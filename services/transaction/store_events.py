@@ -28,6 +28,8 @@ def load_state_group(conn, group: int) -> dict[tuple[str, str], str]:
     """The full state map of `group`, walking its (bounded) chain of deltas."""
     chain = []
     gid = group
+    if not -2**63 <= gid < 2**63:     # beyond SQLite's integers: no such group
+        raise MatrixError(404, "M_NOT_FOUND", f"unknown state group {gid}")
     while gid is not None:
         row = conn.execute(select(state_groups.c.prev_group, state_groups.c.delta)
                            .where(state_groups.c.id == gid)).first()

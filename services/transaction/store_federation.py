@@ -133,9 +133,10 @@ def _next_txn_id(conn) -> str:
     return f"{prefix_v:08x}.{value}"
 
 
-def transaction_sent(conn, destination: str, row_ids: list[int]) -> None:
+def transaction_sent(conn, destination: str, row_ids: list[int], reset_backoff: bool = True) -> None:
     conn.execute(delete(outbox).where(outbox.c.id.in_(row_ids)))
-    _set_backoff(conn, destination, 0.0, 0.0, 0)
+    if reset_backoff:
+        _set_backoff(conn, destination, 0.0, 0.0, 0)
 
 
 def transaction_failed(conn, destination: str, retry_at: float, interval: float) -> int:
@@ -154,8 +155,9 @@ def drop_transaction(conn, row_ids: list[int]) -> None:
 def get_backoff(conn, destination: str) -> dict:
     d = conn.execute(select(destinations).where(destinations.c.destination == destination)).first()
     if d is None:
-        return {"retry_at": 0.0, "retry_interval": 0.0, "failures": 0}
-    return {"retry_at": d.retry_at, "retry_interval": d.retry_interval, "failures": d.failures}
+        return {"retry_at": 0.0, "retry_interval": 0.0, "failures": 0, "known": False}
+    return {"retry_at": d.retry_at, "retry_interval": d.retry_interval, "failures": d.failures,
+            "known": True}
 
 
 def _set_backoff(conn, destination, retry_at, interval, failures) -> None:
