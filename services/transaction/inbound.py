@@ -32,7 +32,8 @@ class InboundTransactions:
         self._running: dict[str, tuple[str, asyncio.Future]] = {}
 
     async def receive(self, origin: str, txn_id: str, body) -> bytes:
-        stored = await self.db.run(store_federation.get_txn_response, origin, txn_id)
+        room_ids = _room_ids(body)
+        stored, versions = await self.db.run(_lookup, origin, txn_id, room_ids)
         if stored is not None:
             return stored
         running = self._running.get(origin)
@@ -43,7 +44,7 @@ class InboundTransactions:
         fut = asyncio.get_running_loop().create_future()
         self._running[origin] = (txn_id, fut)
         try:
-            response = await self._process(origin, txn_id, body)
+            response = await self._process(origin, txn_id, body, versions)
             fut.set_result(response)
             return response
         except BaseException as exc:
@@ -53,10 +54,8 @@ class InboundTransactions:
         finally:
             del self._running[origin]
 
-    async def _process(self, origin: str, txn_id: str, body) -> bytes:
+    async def _process(self, origin: str, txn_id: str, body, versions: dict) -> bytes:
         pdus, edus = _check_shape(body)
-        room_ids = {p["room_id"] for p in pdus if isinstance(p, dict) and isinstance(p.get("room_id"), str)}
-        versions = await self.db.run(_room_versions, list(room_ids))
         results, staged = {}, []
         for pdu in pdus:
             key, entry, room_id = classify_pdu(pdu, versions)
@@ -87,6 +86,20 @@ def _check_shape(body) -> tuple[list, list]:
     if len(edus) > MAX_EDUS:
         raise MatrixError(400, "M_BAD_JSON", f"more than {MAX_EDUS} EDUs in one transaction")
     return pdus, edus
+
+
+def _room_ids(body) -> list[str]:
+    pdus = body.get("pdus") if isinstance(body, dict) else None
+    if not isinstance(pdus, list):
+        return []
+    return list({p["room_id"] for p in pdus[:MAX_PDUS + 1]
+                 if isinstance(p, dict) and isinstance(p.get("room_id"), str)})
+
+
+def _lookup(conn, origin: str, txn_id: str, room_ids: list[str]):
+    """One database round trip: the stored answer (if any) and the rooms' versions."""
+    stored = store_federation.get_txn_response(conn, origin, txn_id)
+    return stored, (None if stored is not None else _room_versions(conn, room_ids))
 
 
 def _room_versions(conn, room_ids: list[str]) -> dict[str, str]:
