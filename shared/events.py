@@ -23,6 +23,11 @@ MAX_PDU_SIZE = 65536
 MAX_ID_BYTES = 255
 MAX_PREV_EVENTS = 20
 MAX_AUTH_EVENTS = 10
+# Objects and arrays nested in an event, the event itself counting as 1. The spec sets no
+# limit, but the encoders behind us do (orjson: 254 levels, the json module: the recursion
+# limit); this one leaves room for the envelopes that carry events (transactions, persist
+# requests, responses), so an accepted event can always be stored and sent on.
+MAX_NESTING = 100
 
 _TOP_KEEP_V10 = frozenset({
     "event_id", "type", "room_id", "sender", "state_key", "content", "hashes", "signatures",
@@ -305,8 +310,22 @@ def _check_lengths(event: dict) -> None:
                 _fail(f"{field} is longer than {MAX_ID_BYTES} bytes")
 
 
+def _too_deep(value, limit: int) -> bool:
+    """True if containers nest more than `limit` levels (iterative: no recursion limit)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = v.values() if type(v) is dict else v
+        stack.extend((x, depth + 1) for x in children if type(x) is dict or type(x) is list)
+    return False
+
+
 def _check_encoding(event: dict) -> None:
     wire = {k: v for k, v in event.items() if k != "event_id"}
+    if _too_deep(wire, MAX_NESTING):
+        _fail(f"objects and arrays nested more than {MAX_NESTING} levels deep")
     try:
         size = len(canonical_json(wire))
     except CanonicalJSONError as exc:
@@ -319,8 +338,9 @@ def validate_event_format(event: dict, rv: RoomVersion) -> None:
     """EventFormatError (with the reason) unless `event` has the wire format of `rv`.
 
     Order (cheap first): object; required fields and types; state_key; room_id shape;
-    byte lengths of type/sender/room_id/state_key; canonical JSON numbers anywhere; total
-    canonical size (event_id excluded, as it is not on the wire) ≤ 65536 bytes.
+    byte lengths of type/sender/room_id/state_key; nesting of at most MAX_NESTING levels;
+    canonical JSON numbers anywhere; total canonical size (event_id excluded, as it is not
+    on the wire) ≤ 65536 bytes.
     """
     if not isinstance(event, dict):
         _fail("event is not a JSON object")

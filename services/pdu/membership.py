@@ -23,7 +23,8 @@ from services.pdu.keyring import SignatureFailed
 from services.pdu.storage import wire
 from shared.canonical import CanonicalJSONError
 from shared.errors import MatrixError
-from shared.events import EventFormatError, compute_event_id, server_of, validate_event_format
+from shared.events import (EventFormatError, compute_event_id, is_valid_user_id, server_of,
+                           validate_event_format)
 from shared.room_versions import KNOWN_ROOM_VERSIONS, get_room_version
 
 log = logging.getLogger("fedstack.pdu.membership")
@@ -217,6 +218,8 @@ class MembershipHandler:
             after = page["next"]
 
     async def invite(self, room_id: str, sender: str, user_id: str) -> str:
+        if not is_valid_user_id(user_id):
+            raise MatrixError(400, "M_INVALID_PARAM", "invalid user ID")
         target_server = server_of(user_id)
         if target_server == self.server_name:
             return await self.rooms.send(room_id, sender, "m.room.member", {"membership": "invite"},

@@ -18,8 +18,9 @@ from services.pdu.builder import build_event
 from services.pdu.redaction import redaction_update, redacts_target
 from services.pdu.state import state_spec
 from services.pdu.storage import wire
+from shared.canonical import CanonicalJSONError
 from shared.errors import MatrixError
-from shared.events import server_of
+from shared.events import EventFormatError, is_valid_user_id, server_of, validate_event_format
 from shared.room_versions import get_room_version
 
 CAS_RETRIES = 20
@@ -27,7 +28,8 @@ MAX_GROUP = 50
 
 
 def is_local_user(user_id: str, server_name: str) -> bool:
-    return isinstance(user_id, str) and user_id.startswith("@") and server_of(user_id) == server_name
+    return (isinstance(user_id, str) and user_id.startswith("@") and ":" in user_id
+            and server_of(user_id) == server_name)
 
 
 async def joined_servers(storage, state: dict) -> set[str]:
@@ -183,14 +185,21 @@ class RoomHandler:
 
     def _add(self, ctx: dict, sender, type_, content, state_key, extra_destinations) -> dict:
         """Build the next event of a group on top of `ctx` (auth-checked), and add it to
-        the group's persist request; raises 403 and leaves `ctx` as it was if refused."""
+        the group's persist request; raises 400 if the event would not be a valid PDU
+        (floats, out-of-range integers, too big...), 403 if refused, leaving `ctx` as it was."""
         rv, room_id = ctx["rv"], ctx["room"]["room_id"]
+        if type_ == "m.room.member" and not is_valid_user_id(state_key):
+            raise MatrixError(400, "M_INVALID_PARAM", "a membership's state_key must be a user ID")
         extra = None
         if type_ == "m.room.redaction" and not rv.redaction_v11:
             extra = {"redacts": content.get("redacts")}   # v10 keeps it at the top level
-        ev = build_event(rv=rv, server_name=self.server_name, key=self.key,
-                         room_id=room_id, sender=sender, type=type_, content=content,
-                         state_key=state_key, prev=ctx["prev"], state=ctx["state"], extra=extra)
+        try:   # a client's content: it must make an event any server accepts (as we do)
+            ev = build_event(rv=rv, server_name=self.server_name, key=self.key,
+                             room_id=room_id, sender=sender, type=type_, content=content,
+                             state_key=state_key, prev=ctx["prev"], state=ctx["state"], extra=extra)
+            validate_event_format(ev, rv)
+        except (CanonicalJSONError, EventFormatError) as exc:
+            raise MatrixError(400, "M_BAD_JSON", f"invalid event: {exc}")
         create = create_event_of(ctx["state_events"])
         try:
             check_auth(ev, ctx["state_events"], rv.identifier, create)

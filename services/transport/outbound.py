@@ -5,7 +5,8 @@ Invariants:
   directly (no .well-known or SRV look-up: spec rules 1 and 2); a bare name uses port 8448.
 - Requests to loopback, private or link-local addresses are refused unless
   `allow_private_destinations` is set.
-- A failure to get an HTTP answer is reported as status 0 with an error, never raised.
+- A failure to get an HTTP answer, or a request that cannot be made (a destination, path
+  or body no request can be made of), is reported as status 0 with an error, never raised.
 - Response bodies over `max_response_bytes` (settings) are refused as soon as their
   declared Content-Length says so, or cut off once that much was read; either is an error.
 - Every request has a total deadline (the timeout): a remote that hangs, or drips its
@@ -88,19 +89,22 @@ class FederationClient:
         """One request; returns {"status", "body", "error"} (status 0: no HTTP answer)."""
         if destination == self.server_name:
             return {"status": 0, "body": None, "error": "refusing to send to ourselves"}
-        refused = await self._check_destination(destination)
-        if refused:
-            return {"status": 0, "body": None, "error": refused}
-        uri = path + ("?" + urlencode(list(query)) if query else "")
-        headers = {}
-        content = None
-        if body is not None:
-            content = orjson.dumps(body)
-            headers["content-type"] = "application/json"
-        if sign:
-            headers["authorization"] = sign_request(method, uri, self.server_name, destination,
-                                                    self.key, body)
-        host, port = split_server_name(destination)
+        try:   # a name, path or body no request can be made of is an error, not an exception
+            refused = await self._check_destination(destination)
+            if refused:
+                return {"status": 0, "body": None, "error": refused}
+            uri = path + ("?" + urlencode(list(query)) if query else "")
+            headers = {}
+            content = None
+            if body is not None:
+                content = orjson.dumps(body)
+                headers["content-type"] = "application/json"
+            if sign:
+                headers["authorization"] = sign_request(method, uri, self.server_name, destination,
+                                                        self.key, body)
+            host, port = split_server_name(destination)
+        except (ValueError, TypeError) as exc:   # incl. CanonicalJSONError, orjson's errors
+            return {"status": 0, "body": None, "error": f"cannot make the request: {exc}"}
         hostpart = f"[{host}]" if ":" in host else host
         url = f"https://{hostpart}:{port}{uri}"
         timeout = timeout_s or self.timeout
@@ -121,7 +125,7 @@ class FederationClient:
                     status = resp.status_code
         except TimeoutError:
             return {"status": 0, "body": None, "error": f"timed out after {timeout}s"}
-        except (httpx.HTTPError, OSError, asyncio.TimeoutError) as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, OSError, asyncio.TimeoutError, ValueError) as exc:
             return {"status": 0, "body": None, "error": f"{type(exc).__name__}: {exc}"}
         try:
             parsed = orjson.loads(data) if data else None

@@ -7,6 +7,7 @@ Called by messaging (rooms, events, membership), by the transaction service's re
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import quote
 
 from pydantic import BaseModel, Field
 
@@ -101,19 +102,19 @@ class PduClient(InternalClient):
         return await self.call("POST", ROOMS, body)
 
     async def send(self, room_id: str, body: dict) -> dict:
-        return await self.call("POST", SEND.format(room_id=room_id), body)
+        return await self.call("POST", SEND.format(room_id=quote(room_id, safe="")), body)
 
     async def join(self, room_id: str, body: dict) -> dict:
-        return await self.call("POST", JOIN.format(room_id=room_id), body)
+        return await self.call("POST", JOIN.format(room_id=quote(room_id, safe="")), body)
 
     async def invite(self, room_id: str, body: dict) -> dict:
-        return await self.call("POST", INVITE.format(room_id=room_id), body)
+        return await self.call("POST", INVITE.format(room_id=quote(room_id, safe="")), body)
 
     async def leave(self, room_id: str, body: dict) -> dict:
-        return await self.call("POST", LEAVE.format(room_id=room_id), body)
+        return await self.call("POST", LEAVE.format(room_id=quote(room_id, safe="")), body)
 
     async def state(self, room_id: str) -> dict:
-        return await self.call("GET", STATE.format(room_id=room_id))
+        return await self.call("GET", STATE.format(room_id=quote(room_id, safe="")))
 
     async def backfill(self, room_id: str, body: dict) -> dict:
-        return await self.call("POST", BACKFILL.format(room_id=room_id), body)
+        return await self.call("POST", BACKFILL.format(room_id=quote(room_id, safe="")), body)

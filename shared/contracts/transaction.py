@@ -190,13 +190,16 @@ class TransactionClient(InternalClient):
         return (await self.call("GET", SUBSCRIPTIONS))["subscriptions"]
 
     async def delete_subscription(self, subscription_id: str) -> None:
-        await self.call("DELETE", SUBSCRIPTION.format(subscription_id=subscription_id))
+        sid = quote(subscription_id, safe="")
+        await self.call("DELETE", SUBSCRIPTION.format(subscription_id=sid))
 
     async def set_subscription_position(self, subscription_id: str, position: int,
                                         owner: str | None = None) -> None:
-        await self.call("PUT", SUBSCRIPTION_POSITION.format(subscription_id=subscription_id),
+        sid = quote(subscription_id, safe="")
+        await self.call("PUT", SUBSCRIPTION_POSITION.format(subscription_id=sid),
                         {"position": position, "owner": owner})
 
     async def lease_subscription(self, subscription_id: str, owner: str, ttl_s: float) -> dict:
-        return await self.call("POST", SUBSCRIPTION_LEASE.format(subscription_id=subscription_id),
+        sid = quote(subscription_id, safe="")
+        return await self.call("POST", SUBSCRIPTION_LEASE.format(subscription_id=sid),
                                {"owner": owner, "ttl_s": ttl_s})

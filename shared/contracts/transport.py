@@ -1,6 +1,8 @@
 """Contract of the transport service's internal API (called by the transaction service)."""
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from pydantic import BaseModel
 
 from shared.internal import InternalClient
@@ -43,4 +45,4 @@ class TransportClient(InternalClient):
             "query": list(query or []), "body": body, "timeout_s": timeout_s})
 
     async def server_keys(self, server_name: str) -> dict:
-        return await self.call("GET", KEYS.format(server_name=server_name))
+        return await self.call("GET", KEYS.format(server_name=quote(server_name, safe="")))
