@@ -14,6 +14,7 @@ from sqlalchemy import select, text
 from sqlalchemy.dialects.sqlite import insert
 
 from services.transaction.db import client_txns, events, rooms, state_groups
+from shared.canonical import dumps   # any integer a remote sent, unlike orjson
 from shared.errors import MatrixError
 
 MAX_CHAIN = 64
@@ -109,7 +110,7 @@ def persist(conn, req: dict) -> dict:
         if gid is not None:
             groups_by_event[ev["event_id"]] = gid
         res = conn.execute(insert(events).values(
-            event_id=ev["event_id"], room_id=ev["room_id"], json=orjson.dumps(ev["event"]),
+            event_id=ev["event_id"], room_id=ev["room_id"], json=dumps(ev["event"]),
             outlier=int(bool(ev.get("outlier"))), rejected=ev.get("rejected"),
             soft_failed=int(bool(ev.get("soft_failed"))), state_group=gid,
         ).on_conflict_do_nothing(index_elements=["event_id"]))
@@ -126,7 +127,7 @@ def persist(conn, req: dict) -> dict:
         _update_room(conn, room, groups_by_event)
     for red in req.get("redactions", []):
         conn.execute(events.update().where(events.c.event_id == red["event_id"])
-                     .values(json=orjson.dumps(red["event"])))
+                     .values(json=dumps(red["event"])))
     dests = {eid: d for eid, d in req.get("destinations", {}).items() if eid in new_ids}
     enqueue_pdus(conn, dests)
     delete_inbox(conn, req.get("inbox_ids", []))
@@ -144,7 +145,7 @@ def _maybe_upgrade_outlier(conn, ev: dict, gid: int | None) -> bool:
         return False
     conn.execute(events.delete().where(events.c.event_id == ev["event_id"]))
     conn.execute(events.insert().values(
-        event_id=ev["event_id"], room_id=ev["room_id"], json=orjson.dumps(ev["event"]),
+        event_id=ev["event_id"], room_id=ev["room_id"], json=dumps(ev["event"]),
         outlier=0, rejected=ev.get("rejected"), soft_failed=int(bool(ev.get("soft_failed"))),
         state_group=gid))
     return True

@@ -18,6 +18,7 @@ from sqlalchemy.dialects.sqlite import insert
 
 from services.transaction.db import (counters, destinations, events, inbox, outbox,
                                      received_transactions, subscriptions)
+from shared.canonical import dumps   # any integer a remote sent, unlike orjson
 from shared.errors import MatrixError
 
 
@@ -35,7 +36,7 @@ def stage_transaction(conn, origin: str, txn_id: str, response: bytes, staged: l
     conn.execute(received_transactions.insert().values(origin=origin, txn_id=txn_id,
                                                       response=response, ts=ts))
     if staged:
-        conn.execute(inbox.insert(), [{"origin": origin, "room_id": r, "pdu": orjson.dumps(p)}
+        conn.execute(inbox.insert(), [{"origin": origin, "room_id": r, "pdu": dumps(p)}
                                       for r, p in staged])
     return response
 
