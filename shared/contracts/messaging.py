@@ -2,10 +2,10 @@
 uses, plus the callback body subscribers receive."""
 from __future__ import annotations
 
-from typing import Literal
 
 from pydantic import BaseModel
 
+from shared.contracts import pdu as pdu_contract
 from shared.internal import InternalClient
 
 ROOMS = "/v1/rooms"
@@ -22,25 +22,13 @@ SUBSCRIPTIONS = "/v1/subscriptions"
 SUBSCRIPTION = "/v1/subscriptions/{subscription_id}"
 
 
-class CreateRoomRequest(BaseModel):
-    creator: str
-    room_version: Literal["10", "11", "12"] = "12"
-    preset: Literal["public_chat", "private_chat"] = "private_chat"
-    name: str | None = None
-
-
-class JoinRequest(BaseModel):
-    user_id: str
-    servers: list[str] = []
-
-
-class InviteRequest(BaseModel):
-    sender: str
-    user_id: str
-
-
-class LeaveRequest(BaseModel):
-    user_id: str
+# The domain API takes the same shapes the pdu service does (messaging forwards them):
+# one definition, in the pdu contract.
+CreateRoomRequest = pdu_contract.CreateRoom
+JoinRequest = pdu_contract.Join
+InviteRequest = pdu_contract.Invite
+LeaveRequest = pdu_contract.Leave
+SendRequest = pdu_contract.SendEvent
 
 
 class ModerationRequest(BaseModel):
@@ -48,14 +36,6 @@ class ModerationRequest(BaseModel):
     sender: str
     user_id: str
     reason: str | None = None
-
-
-class SendRequest(BaseModel):
-    sender: str
-    type: str
-    content: dict
-    state_key: str | None = None
-    txn_id: str | None = None
 
 
 class EventsPage(BaseModel):
