@@ -281,6 +281,18 @@ def _check_required(event: dict) -> None:
         _fail("signatures must be an object")
     if "state_key" in event and not isinstance(event["state_key"], str):
         _fail("state_key must be a string")
+    if "event_id" in event:   # never trusted, but stored and sent on with the event
+        eid = event["event_id"]
+        if not isinstance(eid, str) or not _is_unicode(eid):
+            _fail("event_id must be a string")
+
+
+def _is_unicode(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+        return True
+    except UnicodeEncodeError:   # a lone surrogate
+        return False
 
 
 def _check_room_id(event: dict, rv: RoomVersion) -> None:
@@ -337,10 +349,10 @@ def _check_encoding(event: dict) -> None:
 def validate_event_format(event: dict, rv: RoomVersion) -> None:
     """EventFormatError (with the reason) unless `event` has the wire format of `rv`.
 
-    Order (cheap first): object; required fields and types; state_key; room_id shape;
-    byte lengths of type/sender/room_id/state_key; nesting of at most MAX_NESTING levels;
-    canonical JSON numbers anywhere; total canonical size (event_id excluded, as it is not
-    on the wire) ≤ 65536 bytes.
+    Order (cheap first): object; required fields and types; state_key and event_id (if
+    present) strings; room_id shape; byte lengths of type/sender/room_id/state_key; nesting
+    of at most MAX_NESTING levels; canonical JSON numbers anywhere; total canonical size
+    (event_id excluded, as it is not on the wire) ≤ 65536 bytes.
     """
     if not isinstance(event, dict):
         _fail("event is not a JSON object")

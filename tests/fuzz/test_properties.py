@@ -240,13 +240,13 @@ def mutations(draw, ev: dict, rv, wire: bool = False) -> tuple[dict, bool]:
     values, floats, keys = (wire_json, finite, wire_text) if wire else (json_like, st.floats(), any_text)
     kind = draw(st.sampled_from([
         "drop", "retype", "any_key", "content", "hashes", "signatures", "lists", "long_id",
-        "number", "oversize", "depth", "room_id", "deep"] + ["surrogate"] * (not wire)))
+        "number", "oversize", "depth", "room_id", "deep", "event_id"] + ["surrogate"] * (not wire)))
     if kind == "drop":
         k = draw(st.sampled_from(REQUIRED))
         ev.pop(k, None)
         return ev, True
-    if kind == "retype":     # a required field of the wrong type
-        k = draw(st.sampled_from(REQUIRED))
+    if kind == "retype":     # a required field (or state_key, event_id) of the wrong type
+        k = draw(st.sampled_from(REQUIRED + ["state_key", "event_id"]))
         wrong = {"type": st.one_of(st.integers(), st.none(), st.lists(st.text(), max_size=1)),
                  "sender": st.one_of(st.integers(), st.just("no-at-sign"), st.just("@x"),
                                      st.just("@:server"), st.just("@a:bad server")),
@@ -258,6 +258,9 @@ def mutations(draw, ev: dict, rv, wire: bool = False) -> tuple[dict, bool]:
                  "auth_events": st.one_of(st.text(max_size=2), st.lists(st.none(), min_size=1, max_size=2)),
                  "hashes": st.one_of(st.just({}), st.just({"sha256": 1}), st.lists(st.none(), max_size=1)),
                  "signatures": st.one_of(st.lists(st.none(), max_size=1), st.text(max_size=2), st.none()),
+                 "state_key": st.one_of(st.integers(), st.none(), st.lists(st.text(max_size=2), max_size=1)),
+                 "event_id": st.one_of(huge_ints, st.integers(-MAX, MAX), floats, st.none(),
+                                       st.just({"$": 1}), st.lists(wire_text, max_size=1)),
                  }[k]
         ev[k] = draw(wrong)
         return ev, True
@@ -313,6 +316,10 @@ def mutations(draw, ev: dict, rv, wire: bool = False) -> tuple[dict, bool]:
             deep = [deep]
         _content(ev)["deep"] = deep
         return ev, n + 2 > MAX_NESTING
+    if kind == "event_id":   # never trusted, but carried along: a string or refused
+        ev["event_id"] = draw(st.one_of(st.just("$" + draw(opaque)), wire_text, huge_ints, floats,
+                                        st.none(), st.lists(wire_text, max_size=2)))
+        return ev, not isinstance(ev["event_id"], str)
     if kind == "depth":
         ev["depth"] = draw(st.one_of(st.integers(0, MAX), huge_ints))
         return ev, ev["depth"] > MAX
