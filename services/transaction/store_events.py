@@ -10,10 +10,7 @@ Invariants:
 from __future__ import annotations
 
 import orjson
-from sqlalchemy import select, text
-from sqlalchemy.dialects.sqlite import insert
 
-from services.transaction.db import client_txns, events, rooms, state_groups
 from shared.canonical import dumps   # any integer a remote sent, unlike orjson
 from shared.errors import MatrixError
 
@@ -32,12 +29,12 @@ def load_state_group(conn, group: int) -> dict[tuple[str, str], str]:
     if not -2**63 <= gid < 2**63:     # beyond SQLite's integers: no such group
         raise MatrixError(404, "M_NOT_FOUND", f"unknown state group {gid}")
     while gid is not None:
-        row = conn.execute(select(state_groups.c.prev_group, state_groups.c.delta)
-                           .where(state_groups.c.id == gid)).first()
+        row = conn.execute("SELECT prev_group, delta FROM state_groups WHERE id = ?",
+                           (gid,)).fetchone()
         if row is None:
             raise MatrixError(404, "M_NOT_FOUND", f"unknown state group {gid}")
-        chain.append(row.delta)
-        gid = row.prev_group
+        gid, delta = row
+        chain.append(delta)
     state: dict[tuple[str, str], str] = {}
     for delta in reversed(chain):
         for t, sk, eid in orjson.loads(delta):
@@ -48,17 +45,19 @@ def load_state_group(conn, group: int) -> dict[tuple[str, str], str]:
 def _new_group(conn, room_id: str, base: int | None, delta: list) -> int:
     chain_len = 1
     if base is not None:
-        chain_len = conn.execute(select(state_groups.c.chain_len)
-                                 .where(state_groups.c.id == base)).scalar_one() + 1
+        row = conn.execute("SELECT chain_len FROM state_groups WHERE id = ?", (base,)).fetchone()
+        if row is None:
+            raise MatrixError(404, "M_NOT_FOUND", f"unknown state group {base}")
+        chain_len = row[0] + 1
         if chain_len > MAX_CHAIN:
             full = load_state_group(conn, base)
             for t, sk, eid in delta:
                 full[(t, sk)] = eid
             delta = [[t, sk, eid] for (t, sk), eid in full.items()]
             base, chain_len = None, 1
-    res = conn.execute(state_groups.insert().values(
-        room_id=room_id, prev_group=base, chain_len=chain_len, delta=orjson.dumps(delta)))
-    return res.inserted_primary_key[0]
+    return conn.execute(
+        "INSERT INTO state_groups (room_id, prev_group, chain_len, delta) VALUES (?, ?, ?, ?)",
+        (room_id, base, chain_len, orjson.dumps(delta))).lastrowid
 
 
 def resolve_state_spec(conn, room_id: str, spec: dict | None, groups_by_event: dict) -> int | None:
@@ -71,7 +70,8 @@ def resolve_state_spec(conn, room_id: str, spec: dict | None, groups_by_event: d
         eid = spec["same_as"]
         if eid in groups_by_event:
             return groups_by_event[eid]
-        gid = conn.execute(select(events.c.state_group).where(events.c.event_id == eid)).scalar()
+        row = conn.execute("SELECT state_group FROM events WHERE event_id = ?", (eid,)).fetchone()
+        gid = row[0] if row else None
         if gid is None:
             raise MatrixError(400, "M_INVALID_PARAM", f"no state known after {eid}")
         return gid
@@ -90,15 +90,15 @@ def persist(conn, req: dict) -> dict:
     txns = list(req.get("client_txns") or []) + ([req["client_txn"]] if req.get("client_txn") else [])
     conflicts = []
     for ct in txns:
-        existing = conn.execute(select(client_txns.c.event_id).where(
-            client_txns.c.sender == ct["sender"], client_txns.c.txn_id == ct["txn_id"])).scalar()
+        existing = get_client_txn(conn, ct["sender"], ct["txn_id"])
         if existing is not None:
             conflicts.append({**ct, "event_id": existing})
     if conflicts:   # nothing is written: the caller answers these with the first event ids
         return {"events": {}, "client_txn_event_id": conflicts[0]["event_id"],
                 "client_txn_conflicts": conflicts, "rooms": {}}
     if txns:
-        conn.execute(client_txns.insert(), txns)
+        conn.executemany("INSERT INTO client_txns (sender, txn_id, event_id) VALUES (?, ?, ?)",
+                         [(ct["sender"], ct["txn_id"], ct["event_id"]) for ct in txns])
     for room in req.get("rooms", []):
         _check_room(conn, room)
     groups_by_event: dict[str, int] = {}
@@ -109,15 +109,11 @@ def persist(conn, req: dict) -> dict:
         gid = resolve_state_spec(conn, ev["room_id"], ev.get("state_after"), groups_by_event)
         if gid is not None:
             groups_by_event[ev["event_id"]] = gid
-        res = conn.execute(insert(events).values(
-            event_id=ev["event_id"], room_id=ev["room_id"], json=dumps(ev["event"]),
-            outlier=int(bool(ev.get("outlier"))), rejected=ev.get("rejected"),
-            soft_failed=int(bool(ev.get("soft_failed"))), state_group=gid,
-        ).on_conflict_do_nothing(index_elements=["event_id"]))
-        if res.rowcount:
+        row = conn.execute(_INSERT_EVENT + " ON CONFLICT (event_id) DO NOTHING RETURNING stream",
+                           _event_row(ev, gid)).fetchone()
+        if row is not None:
             new_ids.add(ev["event_id"])
-            out[ev["event_id"]] = {"stream": res.inserted_primary_key[0], "new": True,
-                                   "state_group": gid}
+            out[ev["event_id"]] = {"stream": row[0], "new": True, "state_group": gid}
         else:
             upgraded = _maybe_upgrade_outlier(conn, ev, gid)
             out[ev["event_id"]] = {"stream": None, "new": False, "upgraded": upgraded}
@@ -126,8 +122,8 @@ def persist(conn, req: dict) -> dict:
     for room in req.get("rooms", []):
         _update_room(conn, room, groups_by_event)
     for red in req.get("redactions", []):
-        conn.execute(events.update().where(events.c.event_id == red["event_id"])
-                     .values(json=dumps(red["event"])))
+        conn.execute("UPDATE events SET json = ? WHERE event_id = ?",
+                     (dumps(red["event"]), red["event_id"]))
     dests = {eid: d for eid, d in req.get("destinations", {}).items() if eid in new_ids}
     enqueue_pdus(conn, dests)
     delete_inbox(conn, req.get("inbox_ids", []))
@@ -140,67 +136,76 @@ def _maybe_upgrade_outlier(conn, ev: dict, gid: int | None) -> bool:
     It is re-inserted so that it gets a new stream position and subscriptions see it."""
     if ev.get("outlier") or gid is None:
         return False
-    row = conn.execute(select(events.c.outlier).where(events.c.event_id == ev["event_id"])).first()
-    if row is None or not row.outlier:
+    row = conn.execute("SELECT outlier FROM events WHERE event_id = ?", (ev["event_id"],)).fetchone()
+    if row is None or not row[0]:
         return False
-    conn.execute(events.delete().where(events.c.event_id == ev["event_id"]))
-    conn.execute(events.insert().values(
-        event_id=ev["event_id"], room_id=ev["room_id"], json=dumps(ev["event"]),
-        outlier=0, rejected=ev.get("rejected"), soft_failed=int(bool(ev.get("soft_failed"))),
-        state_group=gid))
+    conn.execute("DELETE FROM events WHERE event_id = ?", (ev["event_id"],))
+    conn.execute(_INSERT_EVENT, _event_row(dict(ev, outlier=False), gid))
     return True
 
 
+_INSERT_EVENT = ("INSERT INTO events (event_id, room_id, json, outlier, rejected, soft_failed,"
+                 " state_group) VALUES (?, ?, ?, ?, ?, ?, ?)")
+
+
+def _event_row(ev: dict, gid: int | None) -> tuple:
+    return (ev["event_id"], ev["room_id"], dumps(ev["event"]), int(bool(ev.get("outlier"))),
+            ev.get("rejected"), int(bool(ev.get("soft_failed"))), gid)
+
+
 def _check_room(conn, room: dict) -> None:
-    row = conn.execute(select(rooms.c.extremities).where(rooms.c.room_id == room["room_id"])).first()
+    row = conn.execute("SELECT extremities FROM rooms WHERE room_id = ?",
+                       (room["room_id"],)).fetchone()
     if row is None:
         if room.get("room_version") is None:
             raise MatrixError(404, "M_NOT_FOUND", f"unknown room {room['room_id']}")
         return
     expect = room.get("expect_extremities")
-    if expect is not None and sorted(orjson.loads(row.extremities)) != sorted(expect):
+    if expect is not None and sorted(orjson.loads(row[0])) != sorted(expect):
         raise ExtremitiesChanged(room["room_id"])
 
 
 def _update_room(conn, room: dict, groups_by_event: dict) -> None:
     gid = resolve_state_spec(conn, room["room_id"], room.get("current_state"), groups_by_event)
-    values = {}
-    if room.get("extremities") is not None:
-        values["extremities"] = orjson.dumps(sorted(set(room["extremities"])))
-    if gid is not None:
-        values["current_state_group"] = gid
-    exists = conn.execute(select(rooms.c.room_id).where(rooms.c.room_id == room["room_id"])).first()
-    if exists is None:
-        conn.execute(rooms.insert().values(
-            room_id=room["room_id"], room_version=room["room_version"],
-            extremities=values.get("extremities", b"[]"), current_state_group=gid))
-    elif values:
-        conn.execute(rooms.update().where(rooms.c.room_id == room["room_id"]).values(**values))
+    ext = room.get("extremities")
+    ext = orjson.dumps(sorted(set(ext))) if ext is not None else None
+    done = conn.execute("UPDATE rooms SET extremities = COALESCE(?, extremities),"
+                        " current_state_group = COALESCE(?, current_state_group)"
+                        " WHERE room_id = ?", (ext, gid, room["room_id"])).rowcount
+    if not done:
+        conn.execute("INSERT INTO rooms (room_id, room_version, extremities, current_state_group)"
+                     " VALUES (?, ?, ?, ?)",
+                     (room["room_id"], room["room_version"], ext or b"[]", gid))
+
+
+_EVENT_COLUMNS = "event_id, room_id, json, outlier, rejected, soft_failed, state_group, stream"
 
 
 def _record(row) -> dict:
-    return {"event_id": row.event_id, "room_id": row.room_id, "event": orjson.loads(row.json),
-            "outlier": bool(row.outlier), "rejected": row.rejected,
-            "soft_failed": bool(row.soft_failed), "state_group": row.state_group,
-            "stream": row.stream}
+    event_id, room_id, js, outlier, rejected, soft_failed, state_group, stream_pos = row
+    return {"event_id": event_id, "room_id": room_id, "event": orjson.loads(js),
+            "outlier": bool(outlier), "rejected": rejected, "soft_failed": bool(soft_failed),
+            "state_group": state_group, "stream": stream_pos}
 
 
 def get_events(conn, event_ids: list[str]) -> dict[str, dict]:
     out = {}
     ids = list(dict.fromkeys(event_ids))
     for i in range(0, len(ids), 500):
-        for row in conn.execute(select(events).where(events.c.event_id.in_(ids[i:i + 500]))):
-            out[row.event_id] = _record(row)
+        chunk = ids[i:i + 500]
+        for row in conn.execute(f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id IN"
+                                f" ({','.join('?' * len(chunk))})", chunk):
+            out[row[0]] = _record(row)
     return out
 
 
 def get_room(conn, room_id: str) -> dict | None:
-    row = conn.execute(select(rooms).where(rooms.c.room_id == room_id)).first()
+    row = conn.execute("SELECT room_version, extremities, current_state_group FROM rooms"
+                       " WHERE room_id = ?", (room_id,)).fetchone()
     if row is None:
         return None
-    return {"room_id": row.room_id, "room_version": row.room_version,
-            "extremities": orjson.loads(row.extremities),
-            "current_state_group": row.current_state_group}
+    return {"room_id": room_id, "room_version": row[0], "extremities": orjson.loads(row[1]),
+            "current_state_group": row[2]}
 
 
 def get_state_groups(conn, groups: list[int]) -> dict[int, list]:
@@ -209,24 +214,26 @@ def get_state_groups(conn, groups: list[int]) -> dict[int, list]:
 
 def stream(conn, after: int, limit: int, room_id: str | None) -> list[dict]:
     """Live events after `after`, oldest first: [{position, event (with event_id)}]."""
-    q = (select(events.c.stream, events.c.event_id, events.c.json)
-         .where(events.c.stream > after, events.c.outlier == 0, events.c.rejected.is_(None),
-                events.c.soft_failed == 0)
-         .order_by(events.c.stream).limit(limit))
+    live = "stream > ? AND outlier = 0 AND rejected IS NULL AND soft_failed = 0"
     if room_id:
-        q = q.where(events.c.room_id == room_id)
+        rows = conn.execute(f"SELECT stream, event_id, json FROM events WHERE room_id = ? AND {live}"
+                            " ORDER BY stream LIMIT ?", (room_id, after, limit))
+    else:
+        rows = conn.execute(f"SELECT stream, event_id, json FROM events WHERE {live}"
+                            " ORDER BY stream LIMIT ?", (after, limit))
     out = []
-    for row in conn.execute(q):
-        ev = orjson.loads(row.json)
-        ev["event_id"] = row.event_id
-        out.append({"position": row.stream, "event": ev})
+    for pos, event_id, js in rows:
+        ev = orjson.loads(js)
+        ev["event_id"] = event_id
+        out.append({"position": pos, "event": ev})
     return out
 
 
 def max_stream(conn) -> int:
-    return conn.execute(text("SELECT COALESCE(MAX(stream), 0) FROM events")).scalar_one()
+    return conn.execute("SELECT COALESCE(MAX(stream), 0) FROM events").fetchone()[0]
 
 
 def get_client_txn(conn, sender: str, txn_id: str) -> str | None:
-    return conn.execute(select(client_txns.c.event_id).where(
-        client_txns.c.sender == sender, client_txns.c.txn_id == txn_id)).scalar()
+    row = conn.execute("SELECT event_id FROM client_txns WHERE sender = ? AND txn_id = ?",
+                       (sender, txn_id)).fetchone()
+    return row[0] if row else None

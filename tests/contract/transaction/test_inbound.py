@@ -141,7 +141,7 @@ async def test_concurrent_other_txn_from_same_origin_is_429(service, service_cli
             inbound(origin, unique("t")), json=txn(origin, pdus_for(room, 1)[0])))
             for origin in ("remote.test", "remote.test", "other.test"))
         # all three are queued on the database thread behind the blocker
-        await wait_until(lambda: db._executor._work_queue.qsize() >= 3, what="queued requests")
+        await wait_until(lambda: db.queued >= 3, what="queued requests")
     finally:
         release.set()
     await blocker
