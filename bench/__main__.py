@@ -28,7 +28,7 @@ from pathlib import Path
 from bench.common import ensure_requirements, log
 
 REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS = ("inbound", "e2e", "idle", "batching", "fanout")
+BENCHMARKS = ("inbound", "e2e", "batch", "idle", "batching", "fanout")
 
 
 def parse_args(argv=None):
@@ -93,6 +93,8 @@ async def amain(args) -> int:
                 for conc in (1, 16):
                     plan.append((f"e2e-c{conc}", "fedstack", rep, lambda r, c=conc: runs.e2e_fedstack_once(ctx, r, c)))
                     plan.append((f"e2e-c{conc}", "synapse", rep, lambda r, c=conc: runs.e2e_synapse_once(ctx, r, c)))
+            if "batch" in args.only:
+                plan.append(("e2e-batch", "fedstack", rep, lambda r: runs.e2e_batch_fedstack_once(ctx, r)))
             if "idle" in args.only:
                 plan.append(("idle", "fedstack", rep, lambda r: runs.idle_fedstack_once(ctx, r)))
                 plan.append(("idle", "synapse", rep, lambda r: runs.idle_synapse_once(ctx, r)))
@@ -115,6 +117,7 @@ async def amain(args) -> int:
                 traceback.print_exc()
                 failed.append((name, side))
                 results.warn(f"{name} ({side}) failed in repetition {rep + 1}: {type(exc).__name__}: {exc}"[:500])
+        runs.synapse_beside_batch(ctx)
         runs.record_memory(ctx)
         for r in ctx.remotes:
             if r.unexpected:

@@ -265,6 +265,53 @@ async def e2e_synapse_once(ctx: Context, rep: int, conc: int) -> None:
         f"p99 {percentile(lat, 99):.0f} ms, CPU {used:.1f}s")
 
 
+BATCH_EVENTS, BATCH_IN_FLIGHT = 100, 4
+
+
+async def e2e_batch_fedstack_once(ctx: Context, rep: int) -> None:
+    """The batch-submit path: the same messages in calls of BATCH_EVENTS events each
+    (POST /v1/rooms/{room}/events/batch), BATCH_IN_FLIGHT calls in flight."""
+    room, alice = await _e2e_setup_fedstack(ctx)
+    a, n = ctx.a, ctx.sizes.e2e
+    tag = f"e2e{rep}batch"
+    bodies = [f"{tag}:{i}" for i in range(n)]
+    chunks = iter(range(0, n, BATCH_EVENTS))
+    cpu = CpuMeter(list(a.pids.values()) + list(ctx.b.pids.values())).start()
+    t0 = time.monotonic()
+
+    async def worker():
+        for i in chunks:
+            results = await a.send_batch(room, alice, bodies[i:i + BATCH_EVENTS])
+            refused = [r for r in results if not r.get("event_id")]
+            if refused:
+                raise RuntimeError(f"batch send refused {len(refused)} events: {refused[0]}")
+    await asyncio.gather(*(worker() for _ in range(BATCH_IN_FLIGHT)))
+    t_sent = time.monotonic()
+    t_last, delivered = await _wait_delivery(ctx.receiver, tag, n, _timeout(n, 5))
+    used = cpu.stop()
+    rate = delivered / (t_last - t0)
+    res = ctx.results
+    note = (f"calls of {BATCH_EVENTS} events, {BATCH_IN_FLIGHT} in flight; Synapse has no batch "
+            "submit: its figure is its end-to-end rate at 16 sends in flight, same run")
+    res.add("e2e_rate_batch", "fedstack", rate, label="End to end A→B, batch submit",
+            unit="events/s", higher_better=True, note=note)
+    res.add("e2e_lost_batch", "fedstack", n - delivered,
+            label="End to end, batch submit: sent messages that never reached B", unit="messages",
+            higher_better=False)
+    res.add("e2e_cpu_batch", "fedstack", used / n * 1000,
+            label="CPU of both homeservers, end to end, batch submit", unit="CPU-s / 1,000 events",
+            higher_better=False)
+    log(f"e2e fedstack #{rep} batch: {n} msgs {rate:.0f}/s (accepted at {n / (t_sent - t0):.0f}/s), "
+        f"CPU {used:.1f}s")
+
+
+def synapse_beside_batch(ctx: Context) -> None:
+    """Synapse's best end-to-end figure (16 in flight) as the comparison for the batch row."""
+    m, s16 = ctx.results.metrics.get("e2e_rate_batch"), ctx.results.metrics.get("e2e_rate_16")
+    if m is not None and s16 is not None:
+        m.synapse = list(s16.synapse)
+
+
 async def _idle_latency(send, wait_tag, arrivals, m: int, tag: str) -> list[float]:
     lat = []
     for i in range(m):

@@ -129,6 +129,11 @@ class FedstackServer:
                                 {"sender": sender, "type": "m.room.message",
                                  "content": message(body)}))["event_id"]
 
+    async def send_batch(self, room_id: str, sender: str, bodies: list[str]) -> list[dict]:
+        return (await self.call("POST", f"/v1/rooms/{q(room_id)}/events/batch",
+                                {"events": [{"sender": sender, "type": "m.room.message",
+                                             "content": message(b)} for b in bodies]}))["results"]
+
     async def destinations(self) -> dict:
         """The transaction service's internal view of destinations (queues, backoff,
         max_in_flight_seen)."""

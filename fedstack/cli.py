@@ -18,11 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 
 from shared.crypto import SigningKey
 from shared.settings import Settings, ensure_internal_secret
-from shared.tls import ensure_self_signed_cert
 
 SERVICES = ("transaction", "pdu", "transport", "messaging")
 FACTORIES = {s: f"services.{s}.app:create_app" for s in SERVICES}
@@ -36,6 +34,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def prepare_data_dir(settings: Settings) -> None:
     """Create the signing key, TLS certificate and internal secret once."""
+    from shared.tls import ensure_self_signed_cert   # cryptography: 7 MB, not for `serve`
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     SigningKey.load_or_create(settings.path("signing_key"))
     ensure_self_signed_cert(settings.path("tls_cert"), settings.path("tls_key"), settings.server_name)
@@ -67,7 +66,7 @@ def rotate_key(settings: Settings) -> str:
 def _uvicorn_config(app, host, port, **kw):
     import uvicorn
     return uvicorn.Config(app, host=host, port=port, log_level=os.environ.get("FEDSTACK_LOG_LEVEL", "warning"),
-                          access_log=False, loop="uvloop", http="httptools", timeout_graceful_shutdown=3, **kw)
+                          access_log=False, loop="uvloop", http="httptools", ws="none", timeout_graceful_shutdown=3, **kw)
 
 
 def serve(service: str, settings: Settings) -> None:
@@ -177,6 +176,7 @@ class Homeserver:
                 if proc is not None and proc.poll() is not None:
                     raise RuntimeError(f"{service} exited with {proc.returncode}")
                 try:
+                    import httpx   # not in `serve`: service processes never load it
                     if httpx.get(url, timeout=1).status_code == 200:
                         break
                 except httpx.HTTPError:

@@ -10,14 +10,13 @@ Internal hops between processes use aiohttp: measured here it carries 3-4x the r
 of httpx per CPU-second (architecture.md; our own profile showed httpx's client taking
 most of the pdu service's CPU). When a test hands in an httpx transport (an in-process
 ASGI app), httpx is used instead, so two whole homeservers can run inside one test process.
-Connections are kept alive either way.
+Connections are kept alive either way. Service processes never import httpx (4-8 MB).
 """
 from __future__ import annotations
 
 import asyncio
 import hmac
 
-import httpx
 import orjson
 
 from shared.canonical import dumps
@@ -58,14 +57,15 @@ class InternalClient:
     a request that could not connect is tried on the next replica (every internal route is
     safe to retry, see architecture.md)."""
 
-    def __init__(self, base_url: str, secret: str, *, transport: httpx.AsyncBaseTransport | None = None,
+    def __init__(self, base_url: str, secret: str, *, transport=None,
                  timeout: float = 120.0):
         self.base_urls = [u.strip().rstrip("/") for u in base_url.split(",") if u.strip()]
         self.base_url = self.base_urls[0]
         self._headers = {SECRET_HEADER: secret, "content-type": "application/json"}
         self._timeout = timeout
         self._clients = None
-        if transport is not None:
+        if transport is not None:     # an in-process app (tests): httpx, imported only then
+            import httpx
             self._clients = [httpx.AsyncClient(base_url=u, transport=transport, timeout=timeout,
                                                headers=self._headers) for u in self.base_urls]
         self._session = None      # aiohttp, created inside the running loop on first use
@@ -79,6 +79,7 @@ class InternalClient:
 
     async def _one(self, i: int, method, path, content, params, headers) -> tuple[int, bytes]:
         if self._clients is not None:
+            import httpx
             try:
                 r = await self._clients[i].request(method, path, content=content, params=params,
                                                    headers=headers)

@@ -88,6 +88,11 @@ def create_app(settings: Settings, **clients):
     async def send(room_id: str, body: c.SendRequest, request: Request) -> dict:
         return await svc(request).pdu.send(room_id, body.model_dump())
 
+    @app.post(c.EVENTS_BATCH, tags=["events"], response_model=c.SendBatchResponse)
+    async def send_batch(room_id: str, body: c.SendBatchRequest, request: Request):
+        """Up to 1,000 events in one call, in order; per event its event_id or its error."""
+        return json_response(await svc(request).pdu.send_batch(room_id, body.model_dump()))
+
     @app.get(c.EVENTS, tags=["events"], response_model=c.EventsPage)
     async def events(room_id: str, request: Request, after: int = Query(0, ge=0),
                      limit: int = Query(100, ge=1, le=1000)):

@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 
-import httpx
+import aiohttp
 import orjson
 
 from shared.errors import MatrixError
@@ -37,9 +37,11 @@ class LeaseLost(Exception):
 
 
 class Delivery:
-    def __init__(self, tx, *, http: httpx.AsyncClient | None = None, owner: str | None = None):
+    def __init__(self, tx, *, http=None, owner: str | None = None):
+        """`http`: an httpx.AsyncClient (in-process tests hand one in); else aiohttp."""
         self.tx = tx
-        self.http = http or httpx.AsyncClient(timeout=30.0)
+        self.http = http
+        self._session: aiohttp.ClientSession | None = None
         # A stable identity (host and port) lets a restarted replica take its leases back
         # at once instead of waiting for them to expire.
         self.owner = owner or uuid.uuid4().hex
@@ -72,7 +74,10 @@ class Delivery:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self.http.aclose()
+        if self.http is not None:
+            await self.http.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     def add(self, sub: dict) -> None:
         if sub["subscription_id"] not in self._tasks:
@@ -149,15 +154,31 @@ class Delivery:
         delay = RETRY_MIN_S
         while True:
             try:
-                resp = await self.http.post(sub["url"], content=body,
-                                            headers={"content-type": "application/json"})
-                if 200 <= resp.status_code < 300:
+                status = await self._post(sub["url"], body)
+                if 200 <= status < 300:
                     return
-                log.info("callback %s answered %s", sub["url"], resp.status_code)
-            except httpx.HTTPError as exc:
+                log.info("callback %s answered %s", sub["url"], status)
+            except OSError as exc:
                 log.info("callback %s failed: %s", sub["url"], exc)
             await asyncio.sleep(delay)
             delay = min(RETRY_MAX_S, delay * 2)
+
+    async def _post(self, url: str, body: bytes) -> int:
+        """POST one batch; the receiver's status, or OSError when there was no answer."""
+        headers = {"content-type": "application/json"}
+        if self.http is not None:
+            try:
+                return (await self.http.post(url, content=body, headers=headers)).status_code
+            except Exception as exc:  # noqa: BLE001 - httpx's errors: no answer
+                raise OSError(f"{type(exc).__name__}: {exc}") from exc
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30.0))
+        try:
+            async with self._session.post(url, data=body, headers=headers) as resp:
+                await resp.read()
+                return resp.status
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            raise OSError(f"{type(exc).__name__}: {exc}") from exc
 
     async def _save_position(self, sid: str, position: int) -> None:
         while True:

@@ -85,6 +85,13 @@ def create_app(settings: Settings, **clients):
                                             body.state_key, body.txn_id)
         return {"event_id": eid}
 
+    @app.post(c.SEND_BATCH, tags=["rooms"], response_model=c.SendBatchResponse)
+    async def send_batch(room_id: str, body: c.SendBatch, request: Request):
+        results = await svc(request).rooms.send_batch(room_id, [e.model_dump() for e in body.events])
+        return json_response({"results": [
+            {"event_id": r} if isinstance(r, str) else {"errcode": r.errcode, "error": r.error}
+            for r in results]})
+
     @app.post(c.JOIN, tags=["rooms"], response_model=c.EventIdResponse)
     async def join(room_id: str, body: c.Join, request: Request):
         return {"event_id": await svc(request).membership.join(room_id, body.user_id, body.servers)}

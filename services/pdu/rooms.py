@@ -114,13 +114,40 @@ class RoomHandler:
             existing = await self.tx.client_txn(sender, txn_id)
             if existing:
                 return existing
-        fut = asyncio.get_running_loop().create_future()
-        self._queues.setdefault(room_id, []).append(
-            _Item(sender, type_, content, state_key, txn_id, set(extra_destinations), fut))
+        return await self._enqueue(room_id, [_Item(sender, type_, content, state_key, txn_id,
+                                                   set(extra_destinations))])[0]
+
+    async def send_batch(self, room_id: str, events: list[dict]) -> list:
+        """Several events of local senders, in this order, as if sent one after the other
+        (each auth-checked on top of the ones before it). Returns, per event, its event_id
+        or the MatrixError that refused it; a refused event does not stop the others."""
+        room = await self.storage.room(room_id)
+        if room is None or room["current_state_group"] is None:
+            raise MatrixError(404, "M_NOT_FOUND", f"unknown room {room_id}")
+        items, results = [], [None] * len(events)
+        for i, e in enumerate(events):
+            if not is_local_user(e["sender"], self.server_name):
+                results[i] = MatrixError(403, "M_FORBIDDEN",
+                                         f"{e['sender']} is not a user of {self.server_name}")
+                continue
+            items.append((i, _Item(e["sender"], e["type"], e["content"], e.get("state_key"),
+                                   e.get("txn_id"), set())))
+        futs = self._enqueue(room_id, [it for _, it in items])
+        done = await asyncio.gather(*futs, return_exceptions=True)
+        for (i, _), r in zip(items, done):
+            if isinstance(r, BaseException) and not isinstance(r, MatrixError):
+                raise r
+            results[i] = r
+        return results
+
+    def _enqueue(self, room_id: str, items: list) -> list[asyncio.Future]:
+        """Queue items for the room's group commit; their futures, in order."""
+        queue = self._queues.setdefault(room_id, [])
+        queue.extend(items)
         task = self._flushers.get(room_id)
         if task is None or task.done():
             self._flushers[room_id] = asyncio.create_task(self._flush(room_id))
-        return await fut
+        return [it.fut for it in items]
 
     async def _flush(self, room_id: str) -> None:
         queue = self._queues[room_id]
@@ -137,15 +164,21 @@ class RoomHandler:
         for _ in range(CAS_RETRIES):
             async with self.lock(room_id):
                 ctx = await self._context(room_id)
-                built = []
+                built, repeats, firsts = [], [], {}
                 for it in items:
                     if it.fut.done():
+                        continue
+                    if it.txn_id is not None and (it.sender, it.txn_id) in firsts:
+                        repeats.append(it)      # same txn_id twice in a group: one event
                         continue
                     try:
                         built.append((it, self._add(ctx, it.sender, it.type, it.content,
                                                     it.state_key, it.extra_destinations)))
                     except MatrixError as exc:
                         it.fut.set_exception(exc)
+                        continue
+                    if it.txn_id is not None:
+                        firsts[(it.sender, it.txn_id)] = it
                 if not built:
                     return
                 req = ctx["req"]
@@ -163,6 +196,8 @@ class RoomHandler:
                 if not conflicts:
                     for it, ev in built:
                         it.fut.set_result(ev["event_id"])
+                    for it in repeats:
+                        _copy_outcome(firsts[(it.sender, it.txn_id)].fut, it.fut)
                     return
                 for it, _ev in built:   # repeats get their first event; the rest go again
                     if (it.sender, it.txn_id) in conflicts:
@@ -247,9 +282,19 @@ class RoomHandler:
         return ev, ctx["req"]
 
 
+def _copy_outcome(src: asyncio.Future, dst: asyncio.Future) -> None:
+    if dst.done():
+        return
+    if src.done() and src.exception() is None:
+        dst.set_result(src.result())
+    else:   # the first of the repeated txn_id went again: so does this one, by itself
+        dst.set_exception(MatrixError(409, "M_UNKNOWN", "repeated txn_id; retry"))
+
+
 class _Item:
     __slots__ = ("sender", "type", "content", "state_key", "txn_id", "extra_destinations", "fut")
 
-    def __init__(self, sender, type_, content, state_key, txn_id, extra_destinations, fut):
+    def __init__(self, sender, type_, content, state_key, txn_id, extra_destinations):
         self.sender, self.type, self.content, self.state_key = sender, type_, content, state_key
-        self.txn_id, self.extra_destinations, self.fut = txn_id, extra_destinations, fut
+        self.txn_id, self.extra_destinations = txn_id, extra_destinations
+        self.fut = asyncio.get_running_loop().create_future()

@@ -16,6 +16,7 @@ KICK = "/v1/rooms/{room_id}/kick"
 BAN = "/v1/rooms/{room_id}/ban"
 UNBAN = "/v1/rooms/{room_id}/unban"
 EVENTS = "/v1/rooms/{room_id}/events"
+EVENTS_BATCH = "/v1/rooms/{room_id}/events/batch"
 STATE = "/v1/rooms/{room_id}/state"
 BACKFILL = "/v1/rooms/{room_id}/backfill"
 SUBSCRIPTIONS = "/v1/subscriptions"
@@ -29,6 +30,8 @@ JoinRequest = pdu_contract.Join
 InviteRequest = pdu_contract.Invite
 LeaveRequest = pdu_contract.Leave
 SendRequest = pdu_contract.SendEvent
+SendBatchRequest = pdu_contract.SendBatch
+SendBatchResponse = pdu_contract.SendBatchResponse
 
 
 class ModerationRequest(BaseModel):
@@ -95,6 +98,11 @@ class MessagingClient(InternalClient):
         if txn_id is not None:
             body["txn_id"] = txn_id
         return (await self.call("POST", EVENTS.format(room_id=room_id), body))["event_id"]
+
+    async def send_batch(self, room_id, events: list[dict]) -> list[dict]:
+        """[{sender, type, content, state_key?, txn_id?}] -> [{event_id} or {errcode, error}]"""
+        return (await self.call("POST", EVENTS_BATCH.format(room_id=room_id),
+                                {"events": events}))["results"]
 
     async def events(self, room_id, after=0, limit=100) -> dict:
         return await self.call("GET", EVENTS.format(room_id=room_id), params={"after": after, "limit": limit})

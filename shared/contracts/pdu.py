@@ -17,6 +17,7 @@ PREFIX = "/_internal/pdu/v1"
 INBOUND = PREFIX + "/inbound"
 ROOMS = PREFIX + "/rooms"
 SEND = PREFIX + "/rooms/{room_id}/send"
+SEND_BATCH = PREFIX + "/rooms/{room_id}/send_batch"
 JOIN = PREFIX + "/rooms/{room_id}/join"
 INVITE = PREFIX + "/rooms/{room_id}/invite"
 LEAVE = PREFIX + "/rooms/{room_id}/leave"
@@ -52,6 +53,26 @@ class SendEvent(BaseModel):
     content: dict
     state_key: str | None = None
     txn_id: str | None = None
+
+
+MAX_BATCH = 1000
+
+
+class SendBatch(BaseModel):
+    """Events sent in this order, each as if by its own send (auth-checked on top of the
+    ones before it); committed in groups, far cheaper per event than one call each."""
+    events: list[SendEvent] = Field(max_length=MAX_BATCH)
+
+
+class SendResult(BaseModel):
+    """Per event: its `event_id`, or the error that refused it (the others go on)."""
+    event_id: str | None = None
+    errcode: str | None = None
+    error: str | None = None
+
+
+class SendBatchResponse(BaseModel):
+    results: list[SendResult]
 
 
 class Join(BaseModel):
@@ -103,6 +124,9 @@ class PduClient(InternalClient):
 
     async def send(self, room_id: str, body: dict) -> dict:
         return await self.call("POST", SEND.format(room_id=quote(room_id, safe="")), body)
+
+    async def send_batch(self, room_id: str, body: dict) -> dict:
+        return await self.call("POST", SEND_BATCH.format(room_id=quote(room_id, safe="")), body)
 
     async def join(self, room_id: str, body: dict) -> dict:
         return await self.call("POST", JOIN.format(room_id=quote(room_id, safe="")), body)

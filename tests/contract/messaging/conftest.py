@@ -30,6 +30,7 @@ from tests.contract.helpers import SECRET, fake_internal_app, make_settings
 PDU_ROUTES = {   # name: (method, path, request model or None)
     "create_room": ("POST", pdu_c.ROOMS, pdu_c.CreateRoom),
     "send": ("POST", pdu_c.SEND, pdu_c.SendEvent),
+    "send_batch": ("POST", pdu_c.SEND_BATCH, pdu_c.SendBatch),
     "join": ("POST", pdu_c.JOIN, pdu_c.Join),
     "invite": ("POST", pdu_c.INVITE, pdu_c.Invite),
     "leave": ("POST", pdu_c.LEAVE, pdu_c.Leave),
@@ -62,6 +63,9 @@ class FakePdu:
             return {"room_id": "!created:hs.test"}
         if name == "state":
             return {"room_id": room_id, "room_version": "12", "state": [{"type": "m.room.create"}]}
+        if name == "send_batch":
+            return {"results": [{"event_id": "$b1", "errcode": None, "error": None},
+                                {"event_id": None, "errcode": "M_FORBIDDEN", "error": "no"}]}
         if name == "backfill":
             return {"events": [{"event_id": "$old", "type": "m.room.message"}], "next": None}
         return {"event_id": f"${name}-{len(self.calls)}"}

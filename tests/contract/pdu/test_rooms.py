@@ -147,6 +147,62 @@ async def test_send_with_same_txn_id_returns_the_first_event(service_client, ser
     assert first.json() == again.json()
 
 
+async def send_batch(client, room, events):
+    resp = await client.post(c.SEND_BATCH.format(room_id=q(room)), json={"events": events})
+    assert resp.status_code == 200, resp.text
+    return c.SendBatchResponse.model_validate(resp.json()).model_dump()["results"]
+
+
+async def test_send_batch_applies_events_in_order_each_on_the_one_before(service_client, service):
+    alice, mallory = user(service, "alice"), user(service, "mallory")
+    room = await create_room(service_client, alice, preset="private_chat")
+    msgs = [{"sender": alice, "type": "m.room.message", "content": {"body": str(i)}} for i in range(120)]
+    # a refused event in the middle (not a member; a remote user) does not stop the others
+    msgs[30] = {"sender": mallory, "type": "m.room.message", "content": {"body": "x"}}
+    msgs[60] = {"sender": "@bob:elsewhere.test", "type": "m.room.message", "content": {"body": "y"}}
+    msgs[90] = {"sender": alice, "type": "m.room.topic", "state_key": "", "content": {"topic": "batch"}}
+    results = await send_batch(service_client, room, msgs)
+    assert len(results) == 120
+    assert results[30]["errcode"] == results[60]["errcode"] == "M_FORBIDDEN"
+    assert results[30]["event_id"] is None and results[60]["event_id"] is None
+    ids = [r["event_id"] for i, r in enumerate(results) if i not in (30, 60)]
+    assert all(ids) and len(set(ids)) == 118
+    st = {(e["type"], e["state_key"]): e for e in (await room_state(service_client, room))["state"]}
+    assert st[("m.room.topic", "")]["event_id"] == results[90]["event_id"]
+    # each event's prev_event is the one sent before it (a chain, in the batch's order)
+    for before, after in zip(ids[-6:], ids[-5:]):
+        got = await fed(service_client, "GET", "/v1/event/" + q(after), service.settings.server_name)
+        assert got.status_code == 200, got.text
+        assert got.json()["pdus"][0]["prev_events"] == [before]
+
+
+async def test_send_batch_txn_ids_make_repeats_harmless(service_client, service):
+    alice = user(service, "alice")
+    room = await create_room(service_client, alice)
+    t1, t2 = unique("t"), unique("t")
+    batch = [{"sender": alice, "type": "m.room.message", "content": {"body": "a"}, "txn_id": t1},
+             {"sender": alice, "type": "m.room.message", "content": {"body": "b"}, "txn_id": t2},
+             {"sender": alice, "type": "m.room.message", "content": {"body": "a"}, "txn_id": t1}]
+    first = await send_batch(service_client, room, batch)
+    assert first[0]["event_id"] == first[2]["event_id"] != first[1]["event_id"]
+    again = await send_batch(service_client, room, batch)
+    assert [r["event_id"] for r in again] == [r["event_id"] for r in first]
+    single = await service_client.post(c.SEND.format(room_id=q(room)), json=batch[1])
+    assert single.json()["event_id"] == first[1]["event_id"]
+
+
+async def test_send_batch_refusals(service_client, service):
+    resp = await service_client.post(c.SEND_BATCH.format(room_id=q(f"!{unique()}:nowhere.test")),
+                                     json={"events": [{"sender": user(service), "type": "m.room.message",
+                                                       "content": {}}]})
+    assert resp.status_code == 404 and resp.json()["errcode"] == "M_NOT_FOUND"
+    room = await create_room(service_client, user(service))
+    ev = {"sender": user(service), "type": "m.room.message", "content": {}}
+    for body in ({"events": [ev] * (c.MAX_BATCH + 1)}, {"events": [{"type": "x"}]}, {"events": "no"}, {}):
+        resp = await service_client.post(c.SEND_BATCH.format(room_id=q(room)), json=body)
+        assert resp.status_code == 400 and resp.json()["errcode"] == "M_BAD_JSON", resp.text
+
+
 async def test_make_join_template(service_client, service):
     room = await create_room(service_client, user(service), "12", preset="public_chat")
     st = await room_state(service_client, room)

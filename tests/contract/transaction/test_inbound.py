@@ -134,8 +134,13 @@ async def test_concurrent_other_txn_from_same_origin_is_429(service, service_cli
     is refused (429); other origins are not held up; the refused one is retried fine."""
     room = await new_room(service_client)
     db = service.app.state.svc.db
-    release = threading.Event()
-    blocker = asyncio.ensure_future(db.run(lambda _conn: release.wait(5)))  # hold the db thread
+    started, release = threading.Event(), threading.Event()
+
+    def hold(_conn):     # hold the db thread
+        started.set()
+        release.wait(5)
+    blocker = asyncio.ensure_future(db.run(hold))
+    await wait_until(started.is_set, what="the database thread held")
     try:
         first, second, third = (asyncio.ensure_future(service_client.put(
             inbound(origin, unique("t")), json=txn(origin, pdus_for(room, 1)[0])))
