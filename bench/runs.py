@@ -545,11 +545,15 @@ def record_memory(ctx: Context) -> None:
                 label="Memory after the runs, per homeserver (fedstack: its 4 processes)",
                 unit="MiB RSS", higher_better=False)
         per_service[hs.label] = rss
+        res.add("rss_max", "fedstack", max(rss.values()),
+                label="Memory after the runs, largest single process (fedstack: of its 4 services)",
+                unit="MiB RSS", higher_better=False)
     for s in (ctx.s1, ctx.s2):
         if s is not None and s.peer is not None:
-            res.add("rss", "synapse", s.rss(),
-                    label="Memory after the runs, per homeserver (fedstack: its 4 processes)",
-                    unit="MiB RSS", higher_better=False)
+            for key, label in (("rss", "per homeserver (fedstack: its 4 processes)"),
+                               ("rss_max", "largest single process (fedstack: of its 4 services)")):
+                res.add(key, "synapse", s.rss(), label=f"Memory after the runs, {label}",
+                        unit="MiB RSS", higher_better=False)
     for label, rss in per_service.items():
         parts = ", ".join(f"{k} {v:.0f}" for k, v in rss.items())
         res.notes.append(f"RSS of fedstack {label} after the runs (MiB): {parts}.")

@@ -125,19 +125,31 @@ class Delivery:
     async def _deliver_while_leased(self, sub, sid, types) -> None:
         position = await self._lease(sid)
         leased_at = time.monotonic()
+        unsaved = False     # `position` was delivered but not yet saved
         while True:
             if time.monotonic() - leased_at > LEASE_S / 3:
                 stored = await self._lease(sid)
                 position = max(position, stored)
                 leased_at = time.monotonic()
-            try:
-                page = await self.tx.stream(position, BATCH, sub.get("room_id"), POLL_MS)
+            try:   # saving the position rides on the next read: one round trip, not two
+                page = await self.tx.stream(position, BATCH, sub.get("room_id"), POLL_MS,
+                                            subscription_id=sid if unsaved else None,
+                                            owner=self.owner)
             except asyncio.CancelledError:
                 raise
+            except MatrixError as exc:
+                if exc.status == 409:
+                    raise LeaseLost()
+                if exc.status == 404:
+                    raise
+                log.info("stream read failed: %s", exc)
+                await asyncio.sleep(RETRY_MIN_S * 5)
+                continue
             except Exception as exc:  # noqa: BLE001 - transaction service away: retry
                 log.info("stream read failed: %s", exc)
                 await asyncio.sleep(RETRY_MIN_S * 5)
                 continue
+            unsaved = False
             if not page["events"]:
                 continue
             last = page["events"][-1]["position"]
@@ -145,8 +157,7 @@ class Delivery:
                       if types is None or e["event"].get("type") in types]
             if events:
                 await self._post_until_acknowledged(sub, events, last)
-            await self._save_position(sid, last)
-            position = last
+            position, unsaved = last, True
 
     async def _post_until_acknowledged(self, sub: dict, events: list, last: int) -> None:
         body = orjson.dumps({"subscription_id": sub["subscription_id"], "events": events,
@@ -179,20 +190,3 @@ class Delivery:
                 return resp.status
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
             raise OSError(f"{type(exc).__name__}: {exc}") from exc
-
-    async def _save_position(self, sid: str, position: int) -> None:
-        while True:
-            try:
-                await self.tx.set_subscription_position(sid, position, self.owner)
-                return
-            except asyncio.CancelledError:
-                raise
-            except MatrixError as exc:
-                if exc.status == 409:
-                    raise LeaseLost()
-                if exc.status == 404:
-                    raise
-                await asyncio.sleep(RETRY_MIN_S * 5)
-            except Exception as exc:  # noqa: BLE001 - keep it in memory until saved
-                log.info("saving position failed: %s", exc)
-                await asyncio.sleep(RETRY_MIN_S * 5)

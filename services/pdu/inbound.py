@@ -67,19 +67,26 @@ class InboundHandler:
                         await self._receive_item(item)
 
     async def _prefetch(self, room_id: str, group: list[dict]) -> set[str]:
-        """One look-up for a whole group: which of its events are not stored yet (so each
-        event's own "already known?" check needs no round trip)."""
+        """Which of a group's events are not stored yet, so each event's own "already
+        known?" check needs no round trip. An item the relay marked `known: false` under
+        the id we compute needs no look-up at all; the others take one for the group."""
         room = await self.storage.room(room_id)
         if room is None:
             return set()
         rv = get_room_version(room["room_version"])
-        ids = set()
+        absent, unsure = set(), set()
         for item in group:
             try:
-                ids.add(compute_event_id(item["pdu"], rv))
+                eid = compute_event_id(item["pdu"], rv)
             except Exception:  # noqa: BLE001 - malformed: receive() will drop it
                 continue
-        return ids - set(await self.storage.records(list(ids)))
+            if item.get("known") is False and item.get("event_id") == eid:
+                absent.add(eid)
+            else:
+                unsure.add(eid)
+        if unsure:
+            absent |= unsure - set(await self.storage.records(list(unsure)))
+        return absent
 
     async def _receive_item(self, item: dict) -> None:
         try:
@@ -100,8 +107,9 @@ class InboundHandler:
         except EventFormatError as exc:
             raise EventDropped(f"bad format: {exc}")
         event_id = compute_event_id(pdu, rv)
-        if event_id in self._absent:
-            self._absent.discard(event_id)   # checked by the batch's prefetch
+        if event_id in self._absent and not self.storage.cached(event_id):
+            self._absent.discard(event_id)   # checked by the batch's prefetch, and not
+            #                                  stored since by another path of this process
         elif await self.storage.records([event_id]):
             if inbox_ids:
                 await self.storage.persist({"inbox_ids": list(inbox_ids)})

@@ -230,6 +230,10 @@ class Storage:
     def forget(self, event_id: str) -> None:
         self._records.pop(event_id, None)
 
+    def cached(self, event_id: str) -> bool:
+        """Known to this process (stored, or in the current write-behind batch)."""
+        return event_id in self._records
+
     def remember(self, record: dict) -> None:
         self._records.put(record["event_id"], record)
 

@@ -141,8 +141,13 @@ def create_app(settings: Settings, **clients):
 
     @app.get(c.STREAM, tags=["events"], response_model=c.StreamResponse)
     async def stream(request: Request, after: int = 0, limit: int = Query(100, ge=1, le=1000),
-                     room_id: str | None = None, timeout_ms: int = Query(0, ge=0, le=60000)):
+                     room_id: str | None = None, timeout_ms: int = Query(0, ge=0, le=60000),
+                     subscription_id: str | None = None, owner: str | None = None):
+        """Live events after `after` (long poll up to timeout_ms). With subscription_id, its
+        position is first saved as `after` (see TransactionClient.stream)."""
         after = max(min(after, 2**63 - 1), -2**63)     # positions are SQLite integers
+        if subscription_id is not None:
+            await svc(request).db.run(sf.set_subscription_position, subscription_id, after, owner)
         waiter = asyncio.ensure_future(svc(request).wait_stream(after, limit, room_id, timeout_ms))
         while True:  # a long poll ends early when its caller has gone away
             done, _ = await asyncio.wait({waiter}, timeout=0.5)

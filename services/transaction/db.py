@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS received_transactions (
     PRIMARY KEY (origin, txn_id));
 CREATE TABLE IF NOT EXISTS inbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT, origin TEXT NOT NULL, room_id TEXT NOT NULL,
-    pdu BLOB NOT NULL);
+    pdu BLOB NOT NULL, event_id TEXT);
 CREATE TABLE IF NOT EXISTS rooms (
     room_id TEXT PRIMARY KEY, room_version TEXT NOT NULL,
     extremities BLOB NOT NULL,               -- JSON list of event ids
@@ -137,6 +137,7 @@ class Database:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.executescript(SCHEMA)
+            _upgrade(conn)
         except BaseException as exc:  # noqa: BLE001 - reported to start()
             loop.call_soon_threadsafe(_settle, opened, None, exc)
             return
@@ -203,6 +204,12 @@ class Database:
         except Exception as exc:  # noqa: BLE001 - handed to the caller
             c.result, c.error = None, exc
             _rollback(conn)
+
+
+def _upgrade(conn) -> None:
+    """Columns added since a database file may have been created."""
+    if "event_id" not in {row[1] for row in conn.execute("PRAGMA table_info(inbox)")}:
+        conn.execute("ALTER TABLE inbox ADD COLUMN event_id TEXT")
 
 
 def _rollback(conn) -> None:

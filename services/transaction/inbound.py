@@ -63,7 +63,7 @@ class InboundTransactions:
                 continue
             results[key] = entry
             if not entry:
-                staged.append((room_id, pdu))
+                staged.append((room_id, pdu, key))
         response = orjson.dumps({"pdus": results})
         response = await self.db.run(store_federation.stage_transaction, origin, txn_id,
                                      response, staged, int(time.time() * 1000))

@@ -36,14 +36,20 @@ def stage_transaction(conn, origin: str, txn_id: str, response: bytes, staged: l
     conn.execute("INSERT INTO received_transactions (origin, txn_id, response, ts) VALUES (?, ?, ?, ?)",
                  (origin, txn_id, response, ts))
     if staged:
-        conn.executemany("INSERT INTO inbox (origin, room_id, pdu) VALUES (?, ?, ?)",
-                         [(origin, r, dumps(p)) for r, p in staged])
+        conn.executemany("INSERT INTO inbox (origin, room_id, pdu, event_id) VALUES (?, ?, ?, ?)",
+                         [(origin, r, dumps(p), eid) for r, p, eid in staged])
     return response
 
 
 def read_inbox(conn, limit: int) -> list[dict]:
-    rows = conn.execute("SELECT id, origin, room_id, pdu FROM inbox ORDER BY id LIMIT ?", (limit,))
-    return [{"inbox_id": i, "origin": o, "room_id": r, "pdu": orjson.loads(p)} for i, o, r, p in rows]
+    """The oldest staged PDUs, each with the event_id it was staged under and whether an
+    event of that id is stored (`known`, as of this read: saves the pdu layer a look-up)."""
+    rows = conn.execute("SELECT i.id, i.origin, i.room_id, i.pdu, i.event_id, e.event_id IS NOT NULL"
+                        " FROM inbox i LEFT JOIN events e ON e.event_id = i.event_id"
+                        " ORDER BY i.id LIMIT ?", (limit,))
+    return [{"inbox_id": i, "origin": o, "room_id": r, "pdu": orjson.loads(p), "event_id": eid,
+             "known": bool(known) if eid is not None else None}
+            for i, o, r, p, eid, known in rows]
 
 
 def delete_inbox(conn, ids: list[int]) -> None:

@@ -32,6 +32,8 @@ class InboundItem(BaseModel):
     origin: str
     room_id: str
     pdu: dict
+    event_id: str | None = None     # the id it was staged under
+    known: bool | None = None       # an event of that id was stored when the item was read
 
 
 class InboundBatch(BaseModel):

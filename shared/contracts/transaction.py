@@ -174,10 +174,19 @@ class TransactionClient(InternalClient):
         return {int(k): v for k, v in data["groups"].items()}
 
     async def stream(self, after: int, limit: int = 100, room_id: str | None = None,
-                     timeout_ms: int = 0) -> dict:
+                     timeout_ms: int = 0, *, subscription_id: str | None = None,
+                     owner: str | None = None) -> dict:
+        """Live events after `after`. With `subscription_id`, that subscription's position
+        is first moved to `after` (everything up to it was delivered), exactly as
+        `set_subscription_position(subscription_id, after, owner)` would: one round trip
+        for "saved, what next?" (409 if `owner` lost the lease, 404 if unknown)."""
         params = {"after": after, "limit": limit, "timeout_ms": timeout_ms}
         if room_id:
             params["room_id"] = room_id
+        if subscription_id is not None:
+            params["subscription_id"] = subscription_id
+            if owner is not None:
+                params["owner"] = owner
         return await self.call("GET", STREAM, params=params)
 
     async def client_txn(self, sender: str, txn_id: str) -> str | None:

@@ -96,8 +96,11 @@ class FakeTransaction:
         app = self.app
 
         @app.get(tx_c.STREAM)
-        async def stream(after: int = 0, limit: int = 100, room_id: str | None = None, timeout_ms: int = 0):
+        async def stream(after: int = 0, limit: int = 100, room_id: str | None = None, timeout_ms: int = 0,
+                         subscription_id: str | None = None, owner: str | None = None):
             self.stream_calls.append({"after": after, "limit": limit, "room_id": room_id})
+            if subscription_id is not None:     # save the position first (the contract)
+                self.save_position(subscription_id, after, owner)
             deadline = asyncio.get_running_loop().time() + timeout_ms / 1000
             while True:
                 evs = [e for e in self.stream_events if e["position"] > after
@@ -133,11 +136,7 @@ class FakeTransaction:
         @app.put(tx_c.SUBSCRIPTION_POSITION)
         async def position(subscription_id: str, request: Request):
             body = orjson.loads(await request.body())
-            sub = self._sub(subscription_id)
-            if body.get("owner") is not None and body["owner"] != sub["owner"]:
-                raise MatrixError(409, "M_UNKNOWN", "leased by another deliverer")
-            sub["position"] = max(sub["position"], body["position"])
-            self.log.append(("position", subscription_id, body["position"]))
+            self.save_position(subscription_id, body["position"], body.get("owner"))
             return {}
 
         @app.post(tx_c.SUBSCRIPTION_LEASE)
@@ -155,6 +154,13 @@ class FakeTransaction:
 
     def public(self, sid: str) -> dict:
         return {k: v for k, v in self.subs[sid].items() if k != "owner"}
+
+    def save_position(self, subscription_id: str, position: int, owner: str | None) -> None:
+        sub = self._sub(subscription_id)
+        if owner is not None and owner != sub["owner"]:
+            raise MatrixError(409, "M_UNKNOWN", "leased by another deliverer")
+        sub["position"] = max(sub["position"], position)
+        self.log.append(("position", subscription_id, position))
 
     def max_position(self) -> int:
         return max((e["position"] for e in self.stream_events), default=0)

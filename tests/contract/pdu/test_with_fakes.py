@@ -226,3 +226,46 @@ def test_persist_shape_checker_catches_unknown_keys():
         "unknown event key x"]
     assert shape_errors({"events": [{"event_id": "$a", "room_id": "!r", "event": {}}]}) == []
     assert shape_errors({"events": [{"event_id": "$a"}]})          # missing fields
+
+
+async def test_relayed_child_before_parent_is_gap_filled_once(service_client, service, recorder,
+                                                              fake_transport):
+    """A batch [child, parent], both marked `known: false` by the relay: the child's gap
+    fill fetches and stores the parent; the parent's own item must then count as known
+    (not processed again, which would make it a forward extremity once more)."""
+    rv = get_room_version("12")
+    room = await create_room(service_client, "12")
+    jid, _ = await remote_join(service_client, fake_transport, room, "12")
+    st = await state(service_client, room)
+    auth = [st[("m.room.power_levels", "")]["event_id"], jid]
+
+    def remote_msg(prev: str, depth: int, body: str) -> tuple[str, dict]:
+        pdu = {"type": "m.room.message", "room_id": room, "sender": f"@bob:{REMOTE}",
+               "content": {"body": body}, "origin_server_ts": int(time.time() * 1000),
+               "depth": depth, "prev_events": [prev], "auth_events": auth,
+               "hashes": {}, "signatures": {}}
+        sign_event(pdu, REMOTE, fake_transport.remote_key, rv)
+        return compute_event_id(pdu, rv), pdu
+    parent_id, parent = remote_msg(jid, 100, "parent")
+    child_id, child = remote_msg(parent_id, 101, "child")
+
+    async def remote(method, path, query, body):
+        if "/get_missing_events/" in path:
+            return 200, {"events": [parent]}
+        return 404, {"errcode": "M_NOT_FOUND", "error": "not scripted"}
+    fake_transport.remote = remote
+    n = len(recorder.persists)
+    resp = await service_client.post(c.INBOUND, json={"items": [
+        {"inbox_id": 801, "origin": REMOTE, "room_id": room, "pdu": child, "event_id": child_id, "known": False},
+        {"inbox_id": 802, "origin": REMOTE, "room_id": room, "pdu": parent, "event_id": parent_id, "known": False}]})
+    assert resp.status_code == 200, resp.text
+    later = recorder.persists[n:]
+    assert sorted(i for p in later for i in p.get("inbox_ids", [])) == [801, 802]
+    stored = [e["event_id"] for p in later for e in p.get("events", [])]
+    assert sorted(stored) == sorted([parent_id, child_id])          # each stored once
+    room_info = (await service_client.get(c.FEDERATION + f"/v1/state_ids/{q(room)}",
+                                          params={"event_id": child_id},
+                                          headers={c.ORIGIN_HEADER: REMOTE}))
+    assert room_info.status_code == 200, room_info.text
+    ext = [r["extremities"] for p in later for r in p.get("rooms", []) if r.get("extremities")]
+    assert ext[-1] == [child_id], ext

@@ -54,7 +54,7 @@ async def test_repeat_answers_byte_identical(service_client):
 async def test_repeats_stage_each_pdu_once(service_client, fake_pdu):
     room = await new_room(service_client)
     origin, txn_id = "remote.test", unique("t")
-    pdus, _ = pdus_for(room, 4)
+    pdus, ids = pdus_for(room, 4)
     body = txn(origin, pdus)
     # two concurrent copies, then a late retry
     a, b = await asyncio.gather(service_client.put(inbound(origin, txn_id), json=body),
@@ -67,6 +67,8 @@ async def test_repeats_stage_each_pdu_once(service_client, fake_pdu):
     assert fake_pdu.pdus() == pdus                   # once each, oldest first
     assert {i["origin"] for i in fake_pdu.items} == {origin}
     assert {i["room_id"] for i in fake_pdu.items} == {room}
+    # each item names the event_id it was staged under, and that no such event is stored
+    assert [(i["event_id"], i["known"]) for i in fake_pdu.items] == [(e, False) for e in ids]
 
 
 @pytest.mark.parametrize("field,limit", [("pdus", 50), ("edus", 100)])

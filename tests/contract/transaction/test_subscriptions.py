@@ -69,3 +69,23 @@ async def test_lease_gives_one_deliverer_the_position(service_client):
     assert resp.status_code == 200
     renewed = (await service_client.post(lease, json={"owner": "a", "ttl_s": 30})).json()
     assert renewed == {"granted": True, "position": start + 3}
+
+
+async def test_stream_read_can_save_the_position_first(service_client):
+    """`stream` with subscription_id moves that position to `after` before reading, under
+    the same rules as the position route: forward only, lease holder only, 404 if unknown."""
+    sid = (await add(service_client))["subscription_id"]
+    start = (await listed(service_client, sid))["position"]
+    lease = c.SUBSCRIPTION_LEASE.format(subscription_id=sid)
+    assert (await service_client.post(lease, json={"owner": "me", "ttl_s": 30})).json()["granted"]
+    for after, expect in ((start + 7, start + 7), (start + 3, start + 7)):
+        resp = await service_client.get(c.STREAM, params={"after": after, "subscription_id": sid,
+                                                          "owner": "me"})
+        assert resp.status_code == 200, resp.text
+        assert (await listed(service_client, sid))["position"] == expect
+    resp = await service_client.get(c.STREAM, params={"after": start + 9, "subscription_id": sid,
+                                                      "owner": "someone else"})
+    assert resp.status_code == 409
+    assert (await listed(service_client, sid))["position"] == start + 7
+    resp = await service_client.get(c.STREAM, params={"after": 1, "subscription_id": "nope"})
+    assert resp.status_code == 404 and resp.json()["errcode"] == "M_NOT_FOUND"
