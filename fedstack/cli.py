@@ -72,8 +72,12 @@ def _uvicorn_config(app, host, port, **kw):
 def serve(service: str, settings: Settings) -> None:
     """Run one service in this process until SIGTERM/SIGINT."""
     import importlib
+    import logging
 
     import uvicorn
+    # our own loggers (fedstack.*) at the level uvicorn uses: FEDSTACK_LOG_LEVEL
+    logging.basicConfig(level=os.environ.get("FEDSTACK_LOG_LEVEL", "warning").upper(),
+                        format=f"%(asctime)s {service} %(name)s %(levelname)s: %(message)s")
     module = importlib.import_module(f"services.{service}.app")
     app = module.create_app(settings)
     configs = [_uvicorn_config(app, settings.bind_host, settings.port)]

@@ -4,7 +4,8 @@ Invariants:
 - At most one transaction in flight per destination (one worker task per destination).
 - A transaction holds at most 50 PDUs and 100 EDUs; its rows are deleted only after a 200.
 - A failed transaction is retried with the same txn_id and content after a backoff that
-  doubles from `backoff_min_s` to `backoff_max_s`; the backoff is persisted.
+  doubles from `backoff_min_s` to `backoff_max_s`; the backoff is persisted. A 429 with
+  `retry_after_ms` is retried after that delay instead (capped), without backing off.
 - A transaction the remote refuses for good (4xx other than 408/429, POISON_ATTEMPTS times
   in a row) is dropped, so one poison item never wedges a destination.
 - `clock` and `sleep` are injectable so tests can move time without waiting.
@@ -147,6 +148,12 @@ class Sender:
             self._poison.pop(destination, None)
             return
         log.info("send to %s failed: %s %s", destination, status, resp.get("error") or resp.get("body"))
+        retry_after = _retry_after_s(resp) if status == 429 else None
+        if retry_after is not None:
+            # asked to slow down, not failing: wait as long as asked (at most backoff_max),
+            # with no doubling and nothing persisted
+            self._backoff[destination] = dict(backoff, retry_at=self.clock() + min(retry_after, self.backoff_max))
+            return
         if 400 <= status < 500 and status not in (408, 429) and self._is_poison(destination, txn):
             log.warning("dropping transaction %s to %s refused %d times", txn["txn_id"],
                         destination, POISON_ATTEMPTS)
@@ -163,3 +170,12 @@ class Sender:
         count = count + 1 if txn_id == txn["txn_id"] else 1
         self._poison[destination] = (txn["txn_id"], count)
         return count >= POISON_ATTEMPTS
+
+
+def _retry_after_s(resp: dict) -> float | None:
+    """The delay a 429 answer asks for (`retry_after_ms` in its Matrix error), if any."""
+    body = resp.get("body")
+    ms = body.get("retry_after_ms") if isinstance(body, dict) else None
+    if isinstance(ms, int) and not isinstance(ms, bool) and ms >= 0:
+        return ms / 1000
+    return None

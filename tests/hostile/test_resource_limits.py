@@ -147,8 +147,10 @@ async def test_per_origin_rate_limit_429_with_retry_after(world):
     retry_ms = limited.json()["retry_after_ms"]
     assert retry_ms == 500                               # one token at 2 per second
     assert int(limited.headers["retry-after"]) >= 1
-    # a refused /send is not stored: the same txnId works once allowed again
-    r = await remote.send_transaction(hs, [], txn_id="limited")
+    # /send is not request-rate limited (one transaction in flight per origin bounds it)
+    r = await remote.send_transaction(hs, [], txn_id="while-limited")
+    assert r.status_code == 200 and r.json() == {"pdus": {}}
+    r = await remote.request(hs, "GET", path, query=[("ver", "12")])
     assert errcode(r) == (429, "M_LIMIT_EXCEEDED")
     # other origins are not affected
     r = await other.request(hs, "GET", f"{FED}/v1/make_join/{q(room)}/{q(other.user('olga'))}",
@@ -159,8 +161,8 @@ async def test_per_origin_rate_limit_429_with_retry_after(world):
     for _ in range(3):
         r = await remote.request(hs, "GET", path, query=[("ver", "12")], auth=False)
         assert errcode(r) == (401, "M_UNAUTHORIZED")
-    r = await remote.send_transaction(hs, [], txn_id="limited")
-    assert r.status_code == 200 and r.json() == {"pdus": {}}
+    r = await remote.request(hs, "GET", path, query=[("ver", "12")])
+    assert r.status_code == 200
     assert msg
 
 

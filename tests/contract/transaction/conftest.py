@@ -44,6 +44,7 @@ class FakeTransport:
         self.bad_requests: list[str] = []
         # status for an attempt: 200 ok, 0 no answer, else an HTTP error status
         self.respond = lambda destination, txn_id, body: 200
+        self.retry_after_ms = 30
         self.app = fake_internal_app("fake-transport")
 
         @self.app.post(transport_c.REQUEST)
@@ -72,8 +73,12 @@ class FakeTransport:
                                "n_edus": len(body.get("edus", []))})
             if status == 0:
                 return {"status": 0, "body": None, "error": "connection refused (fake)"}
-            return {"status": status, "body": {"pdus": {}} if status == 200 else
-                    {"errcode": "M_UNKNOWN", "error": "fake refusal"}, "error": None}
+            refusal = {"errcode": "M_UNKNOWN", "error": "fake refusal"}
+            if status == 429:       # asks to wait: retry_after_ms in self.retry_after_ms
+                refusal = {"errcode": "M_LIMIT_EXCEEDED", "error": "slow down",
+                           "retry_after_ms": self.retry_after_ms}
+            return {"status": status, "body": {"pdus": {}} if status == 200 else refusal,
+                    "error": None}
 
         @self.app.get(transport_c.KEYS)
         async def keys(server_name: str):

@@ -111,6 +111,24 @@ async def test_inbound_transaction_from_a_destination_ends_its_backoff(data_dir,
         await wait_until(lambda: transport.delivered(DEST) == ids, timeout=3, what="resend")
 
 
+async def test_429_with_retry_after_is_retried_after_that_delay_not_backed_off(data_dir, inprocess):
+    """A destination asking us to slow down (429 + retry_after_ms) gets the same
+    transaction again after that delay; that is no failure: no backoff (here 60 s)."""
+    transport, pdu = FakeTransport(), FakePdu()
+    answers = iter([429, 429])
+    transport.respond = lambda dest, txn_id, body: next(answers, 200)
+    app = build_transaction(tx_settings(data_dir, backoff_min_s=60, backoff_max_s=60), transport, pdu)
+    async with app.router.lifespan_context(app), asgi_client(app) as client:
+        room = await new_room(client)
+        body, ids = queued_events(room, 3)
+        assert (await client.post(c.PERSIST, json=body)).status_code == 200
+        await wait_until(lambda: transport.delivered(DEST) == ids, timeout=3, what="resend")
+        assert [s["status"] for s in transport.sends] == [429, 429, 200]
+        assert len({s["txn_id"] for s in transport.sends}) == 1
+        info = (await destinations(client))[DEST]
+        assert info["failures"] == 0 and info["retry_at"] == 0.0
+
+
 async def test_backoff_and_queue_survive_a_restart(data_dir, inprocess):
     settings = tx_settings(data_dir, backoff_min_s=30, backoff_max_s=60)
     failing, pdu = FakeTransport(), FakePdu()
