@@ -23,6 +23,7 @@ from shared.room_versions import KNOWN_ROOM_VERSIONS, DEFAULT_ROOM_VERSION
 
 MAX_PDUS = 50
 MAX_EDUS = 100
+MAX_CACHED_ROOMS = 10_000
 
 
 class InboundTransactions:
@@ -30,12 +31,22 @@ class InboundTransactions:
         self.db = db
         self.on_staged = on_staged           # called after a commit that staged PDUs
         self._running: dict[str, tuple[str, asyncio.Future]] = {}
+        self._versions: dict[str, str] = {}  # room_id -> room version (never changes)
 
     async def receive(self, origin: str, txn_id: str, body) -> bytes:
         room_ids = _room_ids(body)
-        stored, versions = await self.db.run(_lookup, origin, txn_id, room_ids)
-        if stored is not None:
-            return stored
+        versions = {r: self._versions[r] for r in room_ids if r in self._versions}
+        if len(versions) < len(room_ids):
+            # one round trip: the stored answer (if any) and the versions not cached yet;
+            # when all are cached, the staging commit itself finds a stored answer
+            stored, found = await self.db.run(_lookup, origin, txn_id,
+                                              [r for r in room_ids if r not in versions])
+            if stored is not None:
+                return stored
+            if len(self._versions) > MAX_CACHED_ROOMS:
+                self._versions.clear()
+            self._versions.update(found)
+            versions.update(found)
         running = self._running.get(origin)
         if running is not None:
             if running[0] == txn_id:
