@@ -85,6 +85,10 @@ class RoomHandler:
             ev = build_event(rv=rv, server_name=self.server_name, key=self.key, room_id=room_id,
                              sender=creator, type=type_, content=body, state_key=sk,
                              prev=built[-1:], state=state)
+            try:   # e.g. a name making the event over 64 KiB: no server would take it
+                validate_event_format(ev, rv)
+            except EventFormatError as exc:
+                raise MatrixError(400, "M_BAD_JSON", f"invalid event: {exc}")
             if room_id is None:
                 room_id = "!" + ev["event_id"][1:]
             state[(type_, sk)] = ev["event_id"]

@@ -90,6 +90,11 @@ async def test_unsupported_room_version_is_400(service_client, service):
     assert resp.status_code == 400
 
 
+async def test_room_name_too_big_for_an_event_is_400(service_client, service):
+    resp = await service_client.post(c.ROOMS, json={"creator": user(service), "name": "n" * 70_000})
+    assert resp.status_code == 400 and resp.json()["errcode"] == "M_BAD_JSON", resp.text
+
+
 async def test_non_local_creator_is_403(service_client):
     resp = await service_client.post(c.ROOMS, json={"creator": "@mallory:elsewhere.test"})
     assert resp.status_code == 403 and resp.json()["errcode"] == "M_FORBIDDEN"
