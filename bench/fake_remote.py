@@ -46,6 +46,44 @@ def tag_of(body: str) -> str:
     return body.split(":", 1)[0]
 
 
+class Arrivals:
+    """Where benchmark messages arrive (a fake remote, a callback receiver, a /sync loop):
+    the first arrival time of each body, counts per tag, repeats, and waiting for a tag."""
+
+    def reset_arrivals(self, who: str) -> None:
+        self.who = who
+        self.arrivals: dict[str, float] = {}   # message body -> first arrival (monotonic)
+        self.tag_counts: collections.Counter = collections.Counter()
+        self.duplicates = 0
+        self._changed = getattr(self, "_changed", None) or asyncio.Event()
+
+    def arrived(self, bodies, now: float) -> None:
+        for b in bodies:
+            if not isinstance(b, str):
+                continue
+            if b in self.arrivals:
+                self.duplicates += 1
+            else:
+                self.arrivals[b] = now
+                self.tag_counts[tag_of(b)] += 1
+        self._changed.set()
+
+    async def wait_tag(self, tag: str, n: int, timeout: float) -> float:
+        """Wait until `n` distinct bodies of `tag` have arrived; return the monotonic time
+        the last one arrived."""
+        deadline = time.monotonic() + timeout
+        while self.tag_counts[tag] < n:
+            self._changed.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{self.who}: {self.tag_counts[tag]}/{n} of {tag!r} arrived")
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+        return max(t for b, t in self.arrivals.items() if tag_of(b) == tag)
+
+
 _TLS: ssl.SSLContext | None = None
 
 
@@ -72,7 +110,7 @@ class RoomView:
     last: dict = field(default_factory=dict)   # {"event_id", "depth"} of our newest event
 
 
-class FakeRemote:
+class FakeRemote(Arrivals):
     def __init__(self, work_dir: Path, *, send_delay_s: float = 0.0):
         self.work_dir = work_dir
         self.port = free_port()
@@ -84,7 +122,6 @@ class FakeRemote:
         self._txn = 0
         self._epoch = int(time.time() * 1000)
         self.events: dict[str, dict] = {}      # event_id -> wire event (ours and the room's)
-        self._changed = asyncio.Event()
         self.reset_counters()
 
     # -- counters ---------------------------------------------------------------------
@@ -93,11 +130,9 @@ class FakeRemote:
         self.transactions = 0                  # PUT /send carrying at least one PDU
         self.pdus = 0
         self.txn_sizes: list[int] = []         # PDUs per transaction, in arrival order
-        self.duplicates = 0
         self.in_flight = 0
         self.max_in_flight = 0
-        self.arrivals: dict[str, float] = {}   # message body -> first arrival (monotonic)
-        self.tag_counts: collections.Counter = collections.Counter()
+        self.reset_arrivals(self.server_name)
         self.unexpected: list[str] = []
 
     # -- server -----------------------------------------------------------------------
@@ -163,16 +198,8 @@ class FakeRemote:
                 self.transactions += 1
                 self.pdus += len(pdus)
                 self.txn_sizes.append(len(pdus))
-            for pdu in pdus:
-                content = pdu.get("content") if isinstance(pdu, dict) else None
-                b = content.get("body") if isinstance(content, dict) else None
-                if isinstance(b, str):
-                    if b in self.arrivals:
-                        self.duplicates += 1
-                    else:
-                        self.arrivals[b] = now
-                        self.tag_counts[tag_of(b)] += 1
-            self._changed.set()
+            contents = [p.get("content") if isinstance(p, dict) else None for p in pdus]
+            self.arrived([c.get("body") for c in contents if isinstance(c, dict)], now)
             if self.send_delay_s:
                 # Stands for a real server's processing time; it also lets overlapping
                 # requests (a second transaction in flight) be seen at all.
@@ -210,22 +237,6 @@ class FakeRemote:
     async def _other(self, request: web.Request) -> web.Response:
         self.unexpected.append(f"{request.method} {request.path}")
         return self._json({"errcode": "M_UNRECOGNIZED", "error": "not served by the fake remote"}, 404)
-
-    # -- waiting ----------------------------------------------------------------------
-    async def wait_tag(self, tag: str, n: int, timeout: float) -> float:
-        """Wait until `n` distinct bodies of `tag` have arrived; return the monotonic time
-        the last one arrived."""
-        deadline = time.monotonic() + timeout
-        while self.tag_counts[tag] < n:
-            self._changed.clear()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"{self.server_name}: {self.tag_counts[tag]}/{n} of {tag!r} arrived")
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
-        return max(t for b, t in self.arrivals.items() if tag_of(b) == tag)
 
     # -- client -----------------------------------------------------------------------
     @property

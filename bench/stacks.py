@@ -13,7 +13,6 @@ fake remotes served by this loop keep answering meanwhile.
 from __future__ import annotations
 
 import asyncio
-import collections
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -23,7 +22,7 @@ import orjson
 from aiohttp import web
 
 from bench.common import CpuMeter, log, rss_mb
-from bench.fake_remote import tag_of
+from bench.fake_remote import Arrivals
 from fedstack.cli import Homeserver, free_port
 from shared.internal import SECRET_HEADER
 
@@ -213,7 +212,7 @@ class SynapseServer:
             return False
 
 
-class SyncWatcher:
+class SyncWatcher(Arrivals):
     """Long-polls /sync for one Synapse user, recording the first arrival of every
     m.room.message body (`<tag>:<n>`), and whether a timeline was ever cut ("limited")."""
 
@@ -227,11 +226,8 @@ class SyncWatcher:
     def __init__(self, server: SynapseServer, token: str):
         self.server = server
         self.token = token
-        self.arrivals: dict[str, float] = {}
-        self.tag_counts: collections.Counter = collections.Counter()
+        self.reset_arrivals("sync")
         self.limited = 0
-        self.duplicates = 0
-        self._changed = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._since: str | None = None
 
@@ -268,43 +264,20 @@ class SyncWatcher:
                 tl = room.get("timeline") or {}
                 if tl.get("limited"):
                     self.limited += 1
-                for ev in tl.get("events") or []:
-                    b = (ev.get("content") or {}).get("body")
-                    if ev.get("type") == "m.room.message" and isinstance(b, str):
-                        if b in self.arrivals:
-                            self.duplicates += 1
-                        else:
-                            self.arrivals[b] = now
-                            self.tag_counts[tag_of(b)] += 1
-            self._changed.set()
-
-    async def wait_tag(self, tag: str, n: int, timeout: float) -> float:
-        deadline = time.monotonic() + timeout
-        while self.tag_counts[tag] < n:
-            self._changed.clear()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"sync: {self.tag_counts[tag]}/{n} of {tag!r} arrived")
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
-        return max(t for b, t in self.arrivals.items() if tag_of(b) == tag)
+                self.arrived([(ev.get("content") or {}).get("body") for ev in tl.get("events") or []
+                              if ev.get("type") == "m.room.message"], now)
 
 
 # --------------------------------------------------------------------------- callbacks
 
-class CallbackReceiver:
+class CallbackReceiver(Arrivals):
     """The URL fedstack subscriptions POST to; records the first arrival of each body."""
 
     def __init__(self):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/callback"
-        self.arrivals: dict[str, float] = {}
-        self.tag_counts: collections.Counter = collections.Counter()
-        self.duplicates = 0
+        self.reset_arrivals("callbacks")
         self.posts = 0
-        self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> "CallbackReceiver":
@@ -323,26 +296,5 @@ class CallbackReceiver:
         body = orjson.loads(await request.read())
         now = time.monotonic()
         self.posts += 1
-        for ev in body.get("events") or []:
-            b = (ev.get("content") or {}).get("body")
-            if isinstance(b, str):
-                if b in self.arrivals:
-                    self.duplicates += 1
-                else:
-                    self.arrivals[b] = now
-                    self.tag_counts[tag_of(b)] += 1
-        self._changed.set()
+        self.arrived([(ev.get("content") or {}).get("body") for ev in body.get("events") or []], now)
         return web.Response(body=b"{}", content_type="application/json")
-
-    async def wait_tag(self, tag: str, n: int, timeout: float) -> float:
-        deadline = time.monotonic() + timeout
-        while self.tag_counts[tag] < n:
-            self._changed.clear()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"callbacks: {self.tag_counts[tag]}/{n} of {tag!r} arrived")
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
-        return max(t for b, t in self.arrivals.items() if tag_of(b) == tag)
