@@ -13,10 +13,26 @@ from __future__ import annotations
 
 import orjson
 from fastapi import FastAPI, Request
+from starlette.convertors import Convertor, register_url_convertor
 
 from shared.canonical import BadJSON, parse_json_body
 from shared.errors import MatrixError, install_error_handlers
 from shared.internal import InternalSecretMiddleware
+
+
+class _AnyText(Convertor):
+    """`{name:text}`: the rest of the path, any characters, newlines too (Starlette's
+    `path` pattern stops at a newline, so a txnId holding one was answered 404)."""
+    regex = "(?s:.*)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value) -> str:
+        return str(value)
+
+
+register_url_convertor("text", _AnyText())     # a pattern type, the same for every app
 
 
 def _inline_refs(schema: dict) -> dict:

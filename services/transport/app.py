@@ -163,7 +163,7 @@ def create_app(settings: Settings, **clients):
     async def version():
         return {"server": {"name": "fedstack", "version": "0.1.0"}}
 
-    @app.put(FED + "/v1/send/{txn_id:path}", tags=["federation"],
+    @app.put(FED + "/v1/send/{txn_id:text}", tags=["federation"],
              openapi_extra=body_doc(_Transaction))
     async def send(txn_id: str, request: Request):
         s = request.app.state.svc

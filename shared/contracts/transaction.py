@@ -24,7 +24,7 @@ from shared.internal import InternalClient
 PREFIX = "/_internal/transaction/v1"
 INBOUND = PREFIX + "/inbound/{origin}/{txn_id}"
 # The route pattern: a txn_id may hold "/" (sent as %2F, decoded before routing).
-INBOUND_ROUTE = PREFIX + "/inbound/{origin}/{txn_id:path}"
+INBOUND_ROUTE = PREFIX + "/inbound/{origin}/{txn_id:text}"
 FEDERATION_REQUEST = PREFIX + "/federation_request"
 SERVER_KEYS = PREFIX + "/server_keys/{server_name}"
 DESTINATION_UP = PREFIX + "/destinations/{destination}/up"

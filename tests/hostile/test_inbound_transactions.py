@@ -112,7 +112,8 @@ async def test_same_txn_while_running_waits_for_the_first_answer_other_txn_gets_
     assert (await hs.live_ids(room)).count(eid) == 1
 
 
-@pytest.mark.parametrize("pair", [("a?b", "a?c"), ("x#1", "x#2"), ("p%41", "pA"), ("ü 1", "ü 2")])
+@pytest.mark.parametrize("pair", [("a?b", "a?c"), ("x#1", "x#2"), ("p%41", "pA"), ("ü 1", "ü 2"),
+                                  ("n\n1", "n\n2")])
 async def test_txn_ids_are_compared_exactly(hs, remote, pair):
     """Characters that mean something in a URL ('?', '#', '%') or need encoding never make
     two different txnIds collide (nor split one) on the way to the transaction store."""
