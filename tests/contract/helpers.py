@@ -41,7 +41,8 @@ def unique(prefix: str = "") -> str:
     return prefix + uuid.uuid4().hex[:12]
 
 
-async def wait_until(predicate, timeout: float = 5.0, what: str = "condition"):
+async def wait_until(predicate, timeout: float = 5.0, what: str = "condition",
+                     interval: float = 0.01):
     """Poll `predicate` (sync or async) until it returns a truthy value; return that value."""
     deadline = time.monotonic() + timeout
     while True:
@@ -52,7 +53,7 @@ async def wait_until(predicate, timeout: float = 5.0, what: str = "condition"):
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(interval)
 
 
 def asgi_client(app, base_url: str = "http://fake", secret: str | None = SECRET) -> httpx.AsyncClient:

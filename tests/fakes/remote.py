@@ -62,6 +62,7 @@ import httpx
 import orjson
 
 from services.pdu.builder import auth_event_ids, sign_template
+from tests.contract.helpers import wait_until
 from shared.canonical import CanonicalJSONError
 from shared.crypto import SigningKey, encode_base64, sign_json
 from shared.events import compute_content_hash, compute_event_id, sign_event
@@ -85,17 +86,8 @@ def now_ms() -> int:
 
 
 async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
-    """Poll `predicate` (sync or async) until it returns something truthy; return that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = predicate()
-        if inspect.isawaitable(got):
-            got = await got
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(interval)
+    """`wait_until` with this harness's longer default timeout."""
+    return await wait_until(predicate, timeout, what, interval=interval)
 
 
 # --------------------------------------------------------------------------- requests
