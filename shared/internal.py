@@ -6,16 +6,16 @@ carries the homeserver's internal secret; `/health` and public routes are unaffe
 so errors cross layers unchanged. Request bodies are passed on as received (an integer
 beyond 64 bits included: the callee decides about it, the hop never fails on it).
 
-Internal hops between processes use aiohttp: measured here it carries 3-4x the requests/s
-of httpx per CPU-second (architecture.md; our own profile showed httpx's client taking
-most of the pdu service's CPU). When a test hands in an httpx transport (an in-process
-ASGI app), httpx is used instead, so two whole homeservers can run inside one test process.
-Connections are kept alive either way. Service processes never import httpx (4-8 MB).
+Internal hops between processes use `shared.http1`, a minimal keep-alive HTTP/1.1 client:
+httpx costs 3-4x aiohttp's CPU per request (architecture.md), and aiohttp 3-5x http1's
+(`bench/hop.py`); at one event in flight an event crosses seven internal hops. When a test
+hands in an httpx transport (an in-process ASGI app), httpx is used instead, so two whole
+homeservers can run inside one test process. Service processes never import httpx (4-8 MB).
 """
 from __future__ import annotations
 
-import asyncio
 import hmac
+from urllib.parse import urlencode
 
 import orjson
 
@@ -68,14 +68,14 @@ class InternalClient:
             import httpx
             self._clients = [httpx.AsyncClient(base_url=u, transport=transport, timeout=timeout,
                                                headers=self._headers) for u in self.base_urls]
-        self._session = None      # aiohttp, created inside the running loop on first use
+        self._pools = None        # Http1Pool per replica, made inside the running loop
         self._next = 0
 
     async def aclose(self) -> None:
         for c in self._clients or []:
             await c.aclose()
-        if self._session is not None:
-            await self._session.close()
+        for p in self._pools or []:
+            await p.aclose()
 
     async def _one(self, i: int, method, path, content, params, headers) -> tuple[int, bytes]:
         if self._clients is not None:
@@ -86,21 +86,19 @@ class InternalClient:
             except httpx.ConnectError as exc:
                 raise ConnectionError(str(exc)) from exc
             return r.status_code, r.content
-        import aiohttp
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                headers=self._headers, timeout=aiohttp.ClientTimeout(total=self._timeout),
-                connector=aiohttp.TCPConnector(limit=64), skip_auto_headers=("User-Agent",))
+        if self._pools is None:
+            from shared.http1 import Http1Pool
+            self._pools = [Http1Pool(u, timeout=self._timeout, headers=self._headers)
+                           for u in self.base_urls]
         if params:
-            params = [(k, str(v)) for k, v in (params.items() if isinstance(params, dict) else params)]
+            path += "?" + urlencode([(k, str(v)) for k, v in
+                                     (params.items() if isinstance(params, dict) else params)])
         try:
-            async with self._session.request(method, self.base_urls[i] + path, data=content,
-                                             params=params, headers=headers) as r:
-                return r.status, await r.read()
-        except aiohttp.ClientConnectorError as exc:
-            raise ConnectionError(str(exc)) from exc
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise OSError(f"internal request {method} {path} failed: {exc}") from exc
+            return await self._pools[i].request(method, path, content, headers)
+        except ConnectionError:
+            raise
+        except TimeoutError as exc:
+            raise OSError(f"internal request {method} {path} timed out") from exc
 
     async def _send(self, method, path, content, params, headers) -> tuple[int, bytes]:
         n = len(self.base_urls)
