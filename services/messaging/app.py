@@ -16,7 +16,7 @@ from shared.contracts import messaging as c
 from shared.contracts.pdu import Backfill, BackfillResponse, PduClient
 from shared.contracts.transaction import TransactionClient
 from shared.errors import json_response
-from shared.routing import BodyLimitMiddleware, new_app
+from shared.routing import BodyLimitMiddleware, new_app, serve_lean
 from shared.settings import Settings
 
 
@@ -124,4 +124,5 @@ def create_app(settings: Settings, **clients):
         s.delivery.remove(subscription_id)
         return {}
 
+    serve_lean(app, send, send_batch)   # the per-event routes
     return app

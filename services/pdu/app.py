@@ -21,7 +21,7 @@ from shared.contracts import pdu as c
 from shared.contracts.transaction import TransactionClient
 from shared.crypto import SigningKey
 from shared.errors import MatrixError, json_response
-from shared.routing import body_doc, new_app, read_json
+from shared.routing import body_doc, new_app, read_json, serve_lean
 from shared.settings import Settings
 
 F = c.FEDERATION
@@ -173,4 +173,5 @@ def create_app(settings: Settings, **clients):
         body = await read_json(request)
         return json_response(await svc(request).federation.invite(origin(request), room_id, event_id, body))
 
+    serve_lean(app, inbound, send, send_batch)   # the per-event routes
     return app

@@ -28,7 +28,7 @@ from shared.contracts.pdu import PduClient
 from shared.contracts.transport import FederationRequest, FederationResponse, ServerKeys, TransportClient
 from shared.canonical import CanonicalJSONError, canonical_json
 from shared.errors import MatrixError, json_response
-from shared.routing import body_doc, new_app, read_json
+from shared.routing import body_doc, new_app, read_json, serve_lean
 from shared.settings import Settings
 
 
@@ -245,6 +245,7 @@ def create_app(settings: Settings, **clients):
         return await svc(request).db.run(sf.lease_subscription, subscription_id, body.owner,
                                          body.ttl_s, time.time())
 
+    serve_lean(app, inbound, persist, get_events, stream)   # the per-event routes
     return app
 
 

@@ -39,7 +39,7 @@ from shared.contracts.transaction import TransactionClient
 from shared.crypto import SigningKey
 from shared.errors import MatrixError, json_response
 from shared.internal import InternalClient
-from shared.routing import BodyLimitMiddleware, body_doc, new_app, read_json
+from shared.routing import BodyLimitMiddleware, body_doc, new_app, read_json, serve_lean
 from shared.settings import Settings
 
 FED = "/_matrix/federation"
@@ -193,6 +193,7 @@ def create_app(settings: Settings, **clients):
             raise MatrixError(404, "M_NOT_FOUND", f"no keys for {server_name}")
         return found
 
+    serve_lean(app, send, outbound)   # the per-event routes
     return app
 
 

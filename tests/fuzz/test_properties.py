@@ -27,6 +27,11 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
+# from_regex imports (and pytest rewrites) hypothesis' regex module on first use; compiling
+# it mid-run beside other threads once hit CPython 3.11's "AST constructor recursion depth
+# mismatch" (cpython#106905). Building the strategy here makes that happen at collection.
+st.from_regex("a", fullmatch=True).validate()
+
 from services.pdu.builder import build_event
 from shared.crypto import SigningKey, encode_base64
 from shared.events import (MAX_NESTING, EventFormatError, check_content_hash, compute_event_id,
