@@ -68,11 +68,16 @@ class TransactionService:
                 self.new_events.notify_all()
         return result
 
-    async def wait_stream(self, after: int, limit: int, room_id, timeout_ms: int) -> dict:
+    async def wait_stream(self, after: int, limit: int, room_id, timeout_ms: int,
+                          save: tuple[str, str | None] | None = None) -> dict:
+        """Live events after `after`, waiting up to timeout_ms for some. `save`
+        (subscription_id, owner): first save `after` as that subscription's position, in
+        the same database call as the first read."""
         deadline = time.monotonic() + timeout_ms / 1000
         while True:
             async with self.new_events:
-                evs = await self.db.run(se.stream, after, limit, room_id)
+                evs = await self.db.run(_save_and_read, save, after, limit, room_id)
+                save = None
                 remaining = deadline - time.monotonic()
                 if evs or remaining <= 0:
                     break
@@ -84,6 +89,12 @@ class TransactionService:
         if not evs and after == 0:
             nxt = 0
         return {"events": evs, "next": nxt}
+
+
+def _save_and_read(conn, save, after: int, limit: int, room_id) -> list[dict]:
+    if save is not None:
+        sf.set_subscription_position(conn, save[0], after, save[1])
+    return se.stream(conn, after, limit, room_id)
 
 
 def create_app(settings: Settings, **clients):
@@ -146,9 +157,9 @@ def create_app(settings: Settings, **clients):
         """Live events after `after` (long poll up to timeout_ms). With subscription_id, its
         position is first saved as `after` (see TransactionClient.stream)."""
         after = max(min(after, 2**63 - 1), -2**63)     # positions are SQLite integers
-        if subscription_id is not None:
-            await svc(request).db.run(sf.set_subscription_position, subscription_id, after, owner)
-        waiter = asyncio.ensure_future(svc(request).wait_stream(after, limit, room_id, timeout_ms))
+        save = (subscription_id, owner) if subscription_id is not None else None
+        waiter = asyncio.ensure_future(svc(request).wait_stream(after, limit, room_id, timeout_ms,
+                                                                save))
         while True:  # a long poll ends early when its caller has gone away
             done, _ = await asyncio.wait({waiter}, timeout=0.5)
             if done:

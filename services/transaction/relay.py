@@ -1,8 +1,10 @@
 """The relay: hands staged inbox PDUs to the pdu service, oldest first.
 
-Invariant: an inbox row leaves the inbox only in the pdu service's persist commit (which
+Invariants: an inbox row leaves the inbox only in the pdu service's persist commit (which
 names the inbox ids it consumed), so a crash anywhere re-delivers it and event_id
-deduplication makes that harmless.
+deduplication makes that harmless. Every staging commit is followed by `wake()`, so a read
+that returned less than a full batch saw everything staged before the wake it answers;
+the inbox is read again only when woken since (or when pdu failed).
 """
 from __future__ import annotations
 
@@ -54,3 +56,6 @@ class Relay:
                 except Exception as exc:  # pdu down or failing: try again later
                     log.warning("relay to pdu failed (%s); retrying", exc)
                     await asyncio.sleep(self.retry_s)
+                    continue
+                if len(items) < BATCH and not self._wake.is_set():
+                    break   # the read saw the whole inbox; anything staged since woke us

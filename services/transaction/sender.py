@@ -101,6 +101,7 @@ class Sender:
 
     async def _worker(self, destination: str) -> None:
         ev = self._wake.setdefault(destination, asyncio.Event())
+        txn = None      # the next transaction, when the last send already fetched it
         while True:
             ev.clear()
             backoff = await self._get_backoff(destination)
@@ -108,7 +109,8 @@ class Sender:
             if delay > 0:
                 await self._wait(ev, min(delay, 60.0))
                 continue
-            txn = await self.db.run(sf.next_transaction, destination, MAX_PDUS, MAX_EDUS)
+            if txn is None:
+                txn = await self.db.run(sf.next_transaction, destination, MAX_PDUS, MAX_EDUS)
             if txn is None and destination in self._poke:
                 txn = await self.db.run(sf.empty_transaction)
             if txn is None:
@@ -116,9 +118,13 @@ class Sender:
                     continue
                 return  # no await since the check: a later notify starts a new worker
             self._poke.discard(destination)
-            await self._send(destination, txn, backoff)
+            sent, txn = await self._send(destination, txn, backoff)
+            if sent and txn is None and not ev.is_set():
+                return  # the read after the send saw the queue empty, nothing queued since
 
-    async def _send(self, destination: str, txn: dict, backoff: dict) -> None:
+    async def _send(self, destination: str, txn: dict, backoff: dict) -> tuple[bool, dict | None]:
+        """Send `txn` once: (sent, next). After a 200 its rows are deleted and the next
+        transaction is read in the same commit (None: nothing queued)."""
         body = {"origin": self.server_name, "origin_server_ts": int(self.clock() * 1000),
                 "pdus": txn["pdus"]}
         if txn["edus"]:
@@ -140,30 +146,32 @@ class Sender:
             # an empty "we are up" transaction: nothing to retry, and its failure (often
             # our own transport still starting) is no reason to back off from them
             log.info("poke of %s failed: %s %s", destination, status, resp.get("error") or resp.get("body"))
-            return
+            return False, None
         if status == 200:
             write = backoff["failures"] or backoff["retry_at"] or not backoff.get("known", True)
-            await self.db.run(sf.transaction_sent, destination, txn["row_ids"], bool(write))
+            nxt = await self.db.run(sf.sent_then_next, destination, txn["row_ids"], bool(write),
+                                    MAX_PDUS, MAX_EDUS)
             self._backoff[destination] = dict(_NO_BACKOFF)
             self._poison.pop(destination, None)
-            return
+            return True, nxt
         log.info("send to %s failed: %s %s", destination, status, resp.get("error") or resp.get("body"))
         retry_after = _retry_after_s(resp) if status == 429 else None
         if retry_after is not None:
             # asked to slow down, not failing: wait as long as asked (at most backoff_max),
             # with no doubling and nothing persisted
             self._backoff[destination] = dict(backoff, retry_at=self.clock() + min(retry_after, self.backoff_max))
-            return
+            return False, None
         if 400 <= status < 500 and status not in (408, 429) and self._is_poison(destination, txn):
             log.warning("dropping transaction %s to %s refused %d times", txn["txn_id"],
                         destination, POISON_ATTEMPTS)
             await self.db.run(sf.drop_transaction, txn["row_ids"])
-            return
+            return False, None
         interval = min(self.backoff_max, max(self.backoff_min, backoff["retry_interval"] * 2))
         retry_at = self.clock() + interval
         failures = await self.db.run(sf.transaction_failed, destination, retry_at, interval)
         self._backoff[destination] = {"retry_at": retry_at, "retry_interval": interval,
                                       "failures": failures, "known": True}
+        return False, None
 
     def _is_poison(self, destination: str, txn: dict) -> bool:
         txn_id, count = self._poison.get(destination, (txn["txn_id"], 0))

@@ -133,6 +133,13 @@ def transaction_sent(conn, destination: str, row_ids: list[int], reset_backoff: 
         _set_backoff(conn, destination, 0.0, 0.0, 0)
 
 
+def sent_then_next(conn, destination: str, row_ids: list[int], reset_backoff: bool,
+                   max_pdus: int, max_edus: int) -> dict | None:
+    """`transaction_sent` and `next_transaction` in one commit (the sender's common step)."""
+    transaction_sent(conn, destination, row_ids, reset_backoff)
+    return next_transaction(conn, destination, max_pdus, max_edus)
+
+
 def transaction_failed(conn, destination: str, retry_at: float, interval: float) -> int:
     row = conn.execute("SELECT failures FROM destinations WHERE destination = ?",
                        (destination,)).fetchone()
