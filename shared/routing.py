@@ -21,7 +21,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError, create_model
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from shared.canonical import BadJSON, dumps, parse_json_body
 from shared.errors import MatrixError, install_error_handlers
@@ -101,13 +101,16 @@ def new_app(title: str, secret: str | None, version: str = "0.1.0", **kwargs) ->
 
 
 def serve_lean(app: FastAPI, *endpoints) -> None:
-    """Serve the routes of `endpoints` (hot paths: a few per event) as plain Starlette
-    routes, while the OpenAPI document still describes them exactly as declared.
+    """Serve the routes of `endpoints` (hot paths: a few per event) without FastAPI's
+    per-request machinery, while the OpenAPI document still describes them as declared.
 
-    Why: FastAPI's per-request machinery (dependency solving, parameter validation,
-    response serialisation) costs ~50 us of CPU per request over a plain Starlette route on
-    these machines (`python -m bench.hop`), and an event crosses nine of our routes. The
-    same middleware and exception handlers apply either way.
+    Why: on these machines FastAPI's dependency solving, validation and serialisation cost
+    ~50 us of CPU per request over a plain handler, and its middleware stack (error,
+    telemetry, body-limit, exception and exit-stack layers, then the router's scan) ~20 us
+    more (`python -m bench.hop`); an event crosses seven to nine of our routes.
+
+    A lean request still passes the app's own middleware (internal secret, body limit) and
+    its exception handlers answer its errors, exactly as for any other route.
 
     Invariant: an endpoint served lean takes only `request`, its path parameters (str),
     scalar query parameters, and at most one pydantic-model body, which is parsed by
@@ -117,6 +120,7 @@ def serve_lean(app: FastAPI, *endpoints) -> None:
     response_model's fields, when it has one). Anything else is refused at app creation."""
     wanted = set(endpoints)
     documented: dict[int, APIRoute] = {}
+    lean_routes: list[Route] = []
     for i, route in enumerate(app.router.routes):
         if isinstance(route, APIRoute) and route.endpoint in wanted:
             wanted.discard(route.endpoint)
@@ -124,9 +128,11 @@ def serve_lean(app: FastAPI, *endpoints) -> None:
                          name=route.name)
             app.router.routes[i] = lean
             documented[id(lean)] = route
+            lean_routes.append(lean)
     if wanted:
         raise ValueError(f"not routes of this app: {sorted(e.__name__ for e in wanted)}")
     declared_openapi = app.openapi
+    build_stack = app.build_middleware_stack
 
     def openapi() -> dict:
         if app.openapi_schema is None:
@@ -138,6 +144,44 @@ def serve_lean(app: FastAPI, *endpoints) -> None:
                 app.router.routes = served
         return app.openapi_schema
     app.openapi = openapi
+    app.build_middleware_stack = lambda: _LeanFront(app, build_stack(), lean_routes)
+
+
+class _LeanFront:
+    """The app's outermost ASGI layer once `serve_lean` ran: a request matching a lean
+    route (path and method) goes through the app's own middleware straight to its handler;
+    everything else goes through the full FastAPI stack."""
+
+    def __init__(self, app: FastAPI, full_stack, routes: list[Route]):
+        self.full_stack = full_stack
+        self.routes = routes
+        self.handlers = dict(app.exception_handlers)
+        lean = self._serve
+        for cls, args, kwargs in reversed(app.user_middleware):
+            lean = cls(lean, *args, **kwargs)
+        self.lean = lean
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            for route in self.routes:
+                match, child = route.matches(scope)
+                if match is Match.FULL:
+                    scope.update(child)
+                    scope["fedstack.lean_route"] = route
+                    return await self.lean(scope, receive, send)
+        await self.full_stack(scope, receive, send)
+
+    async def _serve(self, scope, receive, send):
+        request = Request(scope, receive)
+        try:
+            response = await scope["fedstack.lean_route"].endpoint(request)
+        except Exception as exc:  # noqa: BLE001 - answered by the app's own handler
+            handler = next((self.handlers[c] for c in type(exc).__mro__ if c in self.handlers),
+                           None)
+            if handler is None:
+                raise
+            response = await handler(request, exc)
+        await response(scope, receive, send)
 
 
 def _lean_handler(route: APIRoute):

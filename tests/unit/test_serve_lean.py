@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from shared.errors import MatrixError
 from shared.internal import SECRET_HEADER
-from shared.routing import serve_lean, new_app
+from shared.routing import BodyLimitMiddleware, new_app, serve_lean
 
 SECRET = "s3cret"
 
@@ -26,6 +26,7 @@ class Answer(BaseModel):
 
 def _app(lean: bool):
     app = new_app("lean-test", SECRET)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=1000)
 
     @app.post("/_internal/t/v1/rooms/{room_id}/send/{txn_id:text}", response_model=Answer)
     async def send(room_id: str, txn_id: str, body: Body, request: Request):
@@ -35,7 +36,10 @@ def _app(lean: bool):
 
     @app.post("/_internal/t/v1/raw")
     async def raw(request: Request):
-        return {"len": len(await request.body()), "big": 2 ** 70}
+        body = await request.body()
+        if body == b"crash":
+            raise RuntimeError("a bug")
+        return {"len": len(body), "big": 2 ** 70}
 
     @app.get("/_internal/t/v1/query")
     async def query(request: Request, limit: int = Query(10, ge=1), room_id: str | None = None):
@@ -51,7 +55,8 @@ def _app(lean: bool):
 
 
 def _client(app):
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t",
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+                             base_url="http://t",
                              headers={SECRET_HEADER: SECRET})
 
 
@@ -75,6 +80,11 @@ async def test_lean_route_answers_as_the_fastapi_route(lean):
         assert r.status_code == 403 and r.json() == {"errcode": "M_FORBIDDEN", "error": "not you"}
         r = await c.post("/_internal/t/v1/raw", content=b"abc")
         assert r.status_code == 200 and r.content == b'{"len":3,"big":1180591620717411303424}'
+        r = await c.post("/_internal/t/v1/raw", content=b"crash")
+        assert r.status_code == 500 and r.json() == {"errcode": "M_UNKNOWN",
+                                                     "error": "Internal server error"}
+        r = await c.post("/_internal/t/v1/raw", content=b"x" * 1001)
+        assert r.status_code == 413 and r.json()["errcode"] == "M_TOO_LARGE"
         r = await c.get("/_internal/t/v1/query")
         assert r.status_code == 200 and r.json() == {"limit": 10, "room_id": None}
         r = await c.get("/_internal/t/v1/query?limit=3&room_id=%21r&limit=4")
