@@ -29,6 +29,7 @@ class Settings:
     allow_private_destinations: bool = False     # allow federation to loopback/private IPs
     backoff_min_s: float = 2.0                   # first retry delay for a failing destination
     backoff_max_s: float = 3600.0                # cap of the doubling retry delay
+    send_coalesce_ms: float = 3.0                # after a small transaction, gather this long
     federation_timeout_s: float = 30.0           # outbound federation request timeout
     max_body_bytes: int = 12 * 1024 * 1024       # inbound request body cap (413 beyond)
     max_response_bytes: int = 64 * 1024 * 1024   # cap on a remote's answer we read

@@ -8,7 +8,12 @@ Invariants:
   `retry_after_ms` is retried after that delay instead (capped), without backing off.
 - A transaction the remote refuses for good (4xx other than 408/429, POISON_ATTEMPTS times
   in a row) is dropped, so one poison item never wedges a destination.
-- `clock` and `sleep` are injectable so tests can move time without waiting.
+- Coalescing: after a 200 for a transaction of fewer than COALESCE_BELOW items, the next
+  one is read only `send_coalesce_ms` later, so a steady trickle of events goes in a few
+  larger transactions instead of many of one or two (each costs both servers a signed,
+  TLS, staged and relayed request). An event queued while nothing is in flight is sent at
+  once; a transaction of COALESCE_BELOW items or more is followed at once by the next.
+- `clock` is injectable so tests can move time without waiting.
 - After a (re)start, each known destination not backing off gets one signed request (its
   queued transaction, or an empty one) so that a peer that backed off from us resumes.
 """
@@ -25,6 +30,7 @@ log = logging.getLogger("fedstack.transaction.sender")
 
 MAX_PDUS = 50
 MAX_EDUS = 100
+COALESCE_BELOW = 10
 POISON_ATTEMPTS = 3
 _NO_BACKOFF = {"retry_at": 0.0, "retry_interval": 0.0, "failures": 0, "known": True}
 
@@ -36,6 +42,7 @@ class Sender:
         self.server_name = settings.server_name
         self.backoff_min = settings.backoff_min_s
         self.backoff_max = settings.backoff_max_s
+        self.coalesce_s = settings.send_coalesce_ms / 1000
         self.clock = clock
         self._workers: dict[str, asyncio.Task] = {}
         self._wake: dict[str, asyncio.Event] = {}
@@ -148,6 +155,8 @@ class Sender:
             log.info("poke of %s failed: %s %s", destination, status, resp.get("error") or resp.get("body"))
             return False, None
         if status == 200:
+            if self.coalesce_s > 0 and len(txn["row_ids"]) < COALESCE_BELOW:
+                await asyncio.sleep(self.coalesce_s)   # see Coalescing above
             write = backoff["failures"] or backoff["retry_at"] or not backoff.get("known", True)
             nxt = await self.db.run(sf.sent_then_next, destination, txn["row_ids"], bool(write),
                                     MAX_PDUS, MAX_EDUS)

@@ -40,7 +40,8 @@ async def test_a_sent_transaction_and_the_next_share_one_commit(tmp_path):
     db = Database(tmp_path / "db.sqlite")
     await db.start()
     transport = _Transport()
-    settings = SimpleNamespace(server_name="here.test", backoff_min_s=0.01, backoff_max_s=0.1)
+    settings = SimpleNamespace(server_name="here.test", backoff_min_s=0.01, backoff_max_s=0.1,
+                               send_coalesce_ms=3.0)
     sender = Sender(db, transport, settings)
     try:
         await db.run(se.persist, _queue(120))

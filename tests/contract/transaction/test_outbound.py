@@ -125,7 +125,10 @@ async def test_429_with_retry_after_is_retried_after_that_delay_not_backed_off(d
         await wait_until(lambda: transport.delivered(DEST) == ids, timeout=3, what="resend")
         assert [s["status"] for s in transport.sends] == [429, 429, 200]
         assert len({s["txn_id"] for s in transport.sends}) == 1
-        info = (await destinations(client))[DEST]
+
+        async def recorded():     # the sender records a 200 after its coalescing pause
+            return (await destinations(client)).get(DEST)
+        info = await wait_until(recorded, timeout=3, what="the 200 recorded")
         assert info["failures"] == 0 and info["retry_at"] == 0.0
 
 
