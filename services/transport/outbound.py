@@ -13,9 +13,10 @@ Invariants:
   answer a byte at a time, is given up on.
 - The path is sent exactly as signed (no re-quoting), so the X-Matrix signature holds.
 
-Requests go out with aiohttp (as internal hops do: more requests per CPU-second than httpx,
-and the transport process then loads no httpx). In-process tests hand in httpx transports
-for their fake destinations; those destinations alone are reached through httpx.
+Requests go out with aiohttp (TLS, a pool per destination, response size caps; more
+requests per CPU-second than httpx, and the transport process then loads no httpx; internal
+hops use the smaller `shared.http1`). In-process tests hand in httpx transports for their
+fake destinations; those destinations alone are reached through httpx.
 """
 from __future__ import annotations
 
