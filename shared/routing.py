@@ -119,38 +119,21 @@ def serve_lean(app: FastAPI, *endpoints) -> None:
     handler, as FastAPI would). It returns a Response, or a dict sent as JSON (only the
     response_model's fields, when it has one). Anything else is refused at app creation."""
     wanted = set(endpoints)
-    documented: dict[int, APIRoute] = {}
-    lean_routes: list[Route] = []
-    for i, route in enumerate(app.router.routes):
-        if isinstance(route, APIRoute) and route.endpoint in wanted:
-            wanted.discard(route.endpoint)
-            lean = Route(route.path, _lean_handler(route), methods=list(route.methods),
-                         name=route.name)
-            app.router.routes[i] = lean
-            documented[id(lean)] = route
-            lean_routes.append(lean)
-    if wanted:
-        raise ValueError(f"not routes of this app: {sorted(e.__name__ for e in wanted)}")
-    declared_openapi = app.openapi
+    lean_routes = [Route(r.path, _lean_handler(r), methods=list(r.methods), name=r.name)
+                   for r in app.router.routes
+                   if isinstance(r, APIRoute) and r.endpoint in wanted]
+    missing = wanted - {r.endpoint for r in app.router.routes if isinstance(r, APIRoute)}
+    if missing:
+        raise ValueError(f"not routes of this app: {sorted(e.__name__ for e in missing)}")
     build_stack = app.build_middleware_stack
-
-    def openapi() -> dict:
-        if app.openapi_schema is None:
-            served = app.router.routes
-            app.router.routes = [documented.get(id(r), r) for r in served]
-            try:
-                declared_openapi()
-            finally:
-                app.router.routes = served
-        return app.openapi_schema
-    app.openapi = openapi
     app.build_middleware_stack = lambda: _LeanFront(app, build_stack(), lean_routes)
 
 
 class _LeanFront:
     """The app's outermost ASGI layer once `serve_lean` ran: a request matching a lean
     route (path and method) goes through the app's own middleware straight to its handler;
-    everything else goes through the full FastAPI stack."""
+    everything else (a wrong method on a lean path included) goes through the full FastAPI
+    stack, whose router still holds every route as declared (and documents it)."""
 
     def __init__(self, app: FastAPI, full_stack, routes: list[Route]):
         self.full_stack = full_stack
