@@ -10,7 +10,9 @@ Invariants: an event whose prev_events cannot all be obtained, or include an eve
 another room, is not stored and changes nothing (auth_events of another room reject it, see
 `check_auth_events_list`); a get_missing_events answer is only used for events of the room
 we asked about; rejected events are stored as rejected and never enter state or
-extremities; soft-failed events are stored but are neither extremities nor delivered.
+extremities; soft-failed events are stored but are neither extremities nor delivered, and
+only if the room's extremities are still those the current state was read with (compare
+and set, as for every accepted event): a stale view never soft-fails an event.
 """
 from __future__ import annotations
 
@@ -232,6 +234,10 @@ class InboundHandler:
             req["rooms"].append({"room_id": room_id, "extremities": extremities,
                                  "expect_extremities": room["extremities"],
                                  "current_state": cur_spec})
+        elif soft_failed:
+            # the verdict was against our view of the current state, which another writer
+            # (a second pdu replica, say) may have moved on: it stands only if they did not
+            req["rooms"].append({"room_id": room_id, "expect_extremities": room["extremities"]})
         try:
             await self.storage.persist(req)
         except MatrixError as exc:

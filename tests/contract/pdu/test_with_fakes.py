@@ -269,3 +269,46 @@ async def test_relayed_child_before_parent_is_gap_filled_once(service_client, se
     assert room_info.status_code == 200, room_info.text
     ext = [r["extremities"] for p in later for r in p.get("rooms", []) if r.get("extremities")]
     assert ext[-1] == [child_id], ext
+
+
+@pytest.mark.parametrize("version", ["10", "12"])
+async def test_soft_fail_against_a_stale_view_is_rechecked(service_client, service, recorder,
+                                                          fake_transport, other_writer, version):
+    """Another writer (a second pdu replica) joins @bob behind this pdu's back, so this
+    pdu's cached current state predates the join. Bob's first message, relayed here, must
+    be checked against the room as it is: stored live and delivered, not soft-failed."""
+    rv = get_room_version(version)
+    room = await create_room(service_client, version)
+    last = recorder.persists[-1]["rooms"][0]["extremities"]
+    st = await state(service_client, room)          # this pdu has now cached the room
+    bob = f"@bob:{REMOTE}"
+    ids = {k: st[k]["event_id"] for k in (("m.room.create", ""), ("m.room.power_levels", ""),
+                                          ("m.room.join_rules", ""))}
+    create_first = [ids[("m.room.create", "")]] if rv.create_in_auth_events else []
+    join = {"type": "m.room.member", "state_key": bob, "room_id": room, "sender": bob,
+            "content": {"membership": "join"}, "origin_server_ts": int(time.time() * 1000),
+            "depth": 20, "prev_events": last,
+            "auth_events": create_first + [ids[("m.room.power_levels", "")],
+                                           ids[("m.room.join_rules", "")]],
+            "hashes": {}, "signatures": {}}
+    sign_event(join, REMOTE, fake_transport.remote_key, rv)
+    jid = compute_event_id(join, rv)
+    await other_writer.persist({
+        "events": [{"event_id": jid, "room_id": room, "event": join,
+                    "state_after": {"base": {"same_as": last[0]},
+                                    "delta": [["m.room.member", bob, jid]]}}],
+        "rooms": [{"room_id": room, "extremities": [jid], "expect_extremities": last,
+                   "current_state": {"same_as": jid}}]})
+    msg = {"type": "m.room.message", "room_id": room, "sender": bob, "content": {"body": "hi"},
+           "origin_server_ts": int(time.time() * 1000), "depth": 21, "prev_events": [jid],
+           "auth_events": create_first + [ids[("m.room.power_levels", "")], jid],
+           "hashes": {}, "signatures": {}}
+    sign_event(msg, REMOTE, fake_transport.remote_key, rv)
+    mid = compute_event_id(msg, rv)
+    resp = await service_client.post(c.INBOUND, json={"items": [
+        {"inbox_id": 911, "origin": REMOTE, "room_id": room, "pdu": msg}]})
+    assert resp.status_code == 200, resp.text
+    stored = [e for p in recorder.persists for e in p.get("events", []) if e["event_id"] == mid]
+    assert stored and not stored[-1].get("soft_failed") and not stored[-1].get("rejected")
+    page = await recorder.stream(0, 1000, room)
+    assert mid in [e["event"]["event_id"] for e in page["events"]]
