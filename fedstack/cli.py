@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -27,7 +28,18 @@ FACTORIES = {s: f"services.{s}.app:create_app" for s in SERVICES}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
+    """A port nobody listens on, for a service to bind a moment later. Chosen at random
+    below the kernel's ephemeral range (32768-60999 by default), where port 0 would pick
+    it, so that the local port of some outgoing connection cannot take it in between."""
+    for _ in range(200):
+        port = random.SystemRandom().randint(20000, 32000)   # not the seedable global one
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:      # that range is crowded: let the kernel choose
         s.bind((host, 0))
         return s.getsockname()[1]
 
