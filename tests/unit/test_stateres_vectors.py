@@ -1,4 +1,4 @@
-"""State-resolution test vectors from shared/testdata/state-res (see its README.md).
+"""State-resolution test vectors from tests/vectors/state-res (see its README.md).
 
 The case list is read from the README's two tables, and every file in expected/ must be
 covered by a case, so no vector can be skipped silently. If the test data directory is
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import random
 from pathlib import Path
 
@@ -28,16 +27,14 @@ from services.pdu.authrules import AuthError, check_auth, check_auth_events_list
 from services.pdu.stateres import resolve_state
 
 
+DATA_DIR = Path(__file__).resolve().parents[1] / "vectors" / "state-res"
+
+
 def _data_dir() -> Path:
-    candidates = [Path(__file__).resolve().parents[3] / "shared" / "testdata" / "state-res"]
-    env = os.environ.get("FEDSTACK_SHARED")
-    if env:
-        candidates += [Path(env) / "testdata" / "state-res", Path(env) / "state-res", Path(env)]
-    for c in candidates:
-        if (c / "README.md").is_file() and (c / "fixtures").is_dir():
-            return c
-    raise FileNotFoundError(
-        "state-res test data not found; looked in " + ", ".join(str(c) for c in candidates))
+    """The vectors shipped in the repository (tests/vectors/state-res); nothing outside it."""
+    if (DATA_DIR / "README.md").is_file() and (DATA_DIR / "fixtures").is_dir():
+        return DATA_DIR
+    raise FileNotFoundError(f"state-res test data not found in {DATA_DIR}")
 
 
 def _table_rows(readme: str, heading: str) -> list[list[str]]:
