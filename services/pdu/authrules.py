@@ -27,12 +27,16 @@ What the caller is responsible for
 - v12: the create event is not in ``auth_events``. The caller passes the room's
   create event (the accepted event whose id is ``"$" + room_id[1:]``) as ``create_event``.
   :func:`check_auth` refuses events whose ``room_id`` is not ``"!" + create_event_id[1:]``.
-- Third-party invites (``content.third_party_invite``) are refused: verifying them needs
-  signature checks on the ``signed`` block, which this module does not do.
+- Third-party invites (``content.third_party_invite``) are checked here in full: the
+  ``signed`` block's ed25519 signature is verified against the public keys of the room's
+  ``m.room.third_party_invite`` event (pure crypto on data in hand, no key fetching).
+  Whether the identity server has since revoked a key (``key_validity_url``) is not asked.
 """
 from __future__ import annotations
 
 from typing import Any, Mapping
+
+from shared.crypto import verify_json_signature, verify_key_from_base64
 
 __all__ = [
     "AuthError",
@@ -68,6 +72,7 @@ _LEVEL_KEYS = ("users_default", "events_default", "state_default", "ban", "redac
 _NAMED_DEFAULTS = {"invite": 0, "kick": 50, "ban": 50, "redact": 50}
 
 INFINITE = float("inf")
+MAX_THIRD_PARTY_CHECKS = 64     # (signature, public key) pairs a third-party invite may cost
 
 
 class AuthError(Exception):
@@ -443,7 +448,8 @@ def _check_member(event: dict, content: dict, auth_state: Mapping, rules: _Rules
 
     if membership == "invite":
         if "third_party_invite" in content:
-            raise AuthError("third-party invites not supported")
+            _check_third_party_invite(event, content, auth_state, target_membership)
+            return
         if sender_membership != "join":
             raise AuthError("invite: sender is not joined to the room")
         if target_membership in ("join", "ban"):
@@ -484,6 +490,61 @@ def _check_member(event: dict, content: dict, auth_state: Mapping, rules: _Rules
         raise AuthError(f"knock: sender is already {sender_membership}")
 
     raise AuthError(f"unknown membership {membership!r}")
+
+
+def _check_third_party_invite(event: dict, content: dict, auth_state: Mapping,
+                              target_membership: str) -> None:
+    """v10-v12 rule 4.4.1: an invite carrying ``third_party_invite`` is allowed iff the
+    target is not banned, ``signed`` has ``mxid`` (= state_key) and ``token``, the room has
+    an ``m.room.third_party_invite`` with that token as state_key sent by this sender, and
+    one of its public keys verifies a signature in ``signed``."""
+    if target_membership == "ban":
+        raise AuthError("third-party invite: target is banned")
+    tpi = content.get("third_party_invite")
+    signed = tpi.get("signed") if isinstance(tpi, dict) else None
+    if not isinstance(signed, dict):
+        raise AuthError("third-party invite: no signed object")
+    mxid, token = signed.get("mxid"), signed.get("token")
+    if not isinstance(mxid, str) or not isinstance(token, str):
+        raise AuthError("third-party invite: signed has no mxid or token")
+    if mxid != event.get("state_key"):
+        raise AuthError("third-party invite: signed.mxid is not the state_key")
+    invite_event = auth_state.get((THIRD_PARTY_INVITE, token))
+    if invite_event is None:
+        raise AuthError("third-party invite: no m.room.third_party_invite for that token")
+    if invite_event.get("sender") != event.get("sender"):
+        raise AuthError("third-party invite: sender did not send the m.room.third_party_invite")
+    if not _signed_by_any(signed, _third_party_public_keys(_content(invite_event))):
+        raise AuthError("third-party invite: no signature in signed matches the invite's public keys")
+
+
+def _third_party_public_keys(content: dict) -> list[str]:
+    """``public_key`` and every ``public_keys[].public_key`` (base64 strings)."""
+    keys = [content.get("public_key")]
+    listed = content.get("public_keys")
+    if isinstance(listed, list):
+        keys += [k.get("public_key") for k in listed if isinstance(k, dict)]
+    return [k for k in keys if isinstance(k, str)]
+
+
+def _signed_by_any(signed: dict, public_keys: list[str]) -> bool:
+    """Some ed25519 signature in ``signed.signatures`` verifies with one of `public_keys`
+    (standard or URL-safe base64); at most MAX_THIRD_PARTY_CHECKS pairs are tried, so a
+    block of many bogus signatures and keys cannot make one check costly."""
+    sigs = signed.get("signatures")
+    if not isinstance(sigs, dict):
+        return False
+    keys = []
+    for pk in dict.fromkeys(public_keys):
+        try:
+            keys.append(verify_key_from_base64(pk))
+        except ValueError:
+            continue
+    pairs = [(server, key_id, vk) for server, by_key in sigs.items() if isinstance(by_key, dict)
+             for key_id in by_key if isinstance(key_id, str) and key_id.startswith("ed25519:")
+             for vk in keys]
+    return any(verify_json_signature(signed, server, key_id, vk)
+               for server, key_id, vk in pairs[:MAX_THIRD_PARTY_CHECKS])
 
 
 def _check_power_levels(event: dict, content: dict, auth_state: Mapping, rules: _Rules,

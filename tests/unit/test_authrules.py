@@ -475,7 +475,7 @@ def test_invite_third_party_refused(rv):
     e = r.member(DAVE, "invite", sender=BOB,
                  third_party_invite={"display_name": "d", "signed": {"mxid": DAVE, "token": "tok",
                                                                       "signatures": {}}})
-    r.refused(e, "third-party invites not supported")
+    r.refused(e, "no signature in signed matches")
 
 
 @all_versions
@@ -968,3 +968,118 @@ def test_unsupported_room_version_refused():
     r = Room("11")
     with pytest.raises(AuthError, match="unsupported"):
         check_auth(r.ev("m.room.message", CAROL, {}), r.state, "9")
+
+
+# ============================================ third-party invites (v10-v12 rule 4.4.1)
+
+def _tpi_room(rv: str, key_content=None, sender: str = BOB, token: str = "tok"):
+    """A room with an m.room.third_party_invite (by `sender`, state_key `token`) whose
+    public key is the identity server's; returns (room, identity server key)."""
+    from shared.crypto import SigningKey
+    key = SigningKey.generate("0")
+    r = Room(rv)
+    content = key_content(key) if key_content else {"display_name": "d***@e.example",
+                                                   "public_key": key.public_key_base64}
+    r.set(r.ev("m.room.third_party_invite", sender, content, token))
+    return r, key
+
+
+def _tpi_invite(r: Room, key, *, target: str = DAVE, sender: str = BOB, signed: dict | None = None,
+                sign_as: str = "id.example", after_signing=None) -> dict:
+    from shared.crypto import sign_json
+    signed = dict(signed if signed is not None else {"mxid": target, "token": "tok"})
+    if key is not None:
+        sign_json(signed, sign_as, key)
+    if after_signing:
+        after_signing(signed)
+    return r.member(target, "invite", sender=sender,
+                    third_party_invite={"display_name": "d***@e.example", "signed": signed})
+
+
+@all_versions
+def test_third_party_invite_signed_by_public_key_allowed(rv):
+    r, key = _tpi_room(rv)
+    r.allowed(_tpi_invite(r, key))
+
+
+@all_versions
+def test_third_party_invite_key_in_public_keys_urlsafe_allowed(rv):
+    """The key may be listed only in public_keys, and in URL-safe base64."""
+    from shared.crypto import encode_base64
+    r, key = _tpi_room(rv, lambda k: {"public_key": encode_base64(b"\x01" * 32),
+                                      "public_keys": [{"public_key": "not base64!"},
+                                                      {"public_key": encode_base64(bytes(k.verify_key),
+                                                                                   urlsafe=True)}]})
+    r.allowed(_tpi_invite(r, key))
+
+
+@all_versions
+def test_third_party_invite_skips_the_ordinary_invite_rules(rv):
+    """The third-party path replaces the ordinary invite rules: the invite level does not
+    apply to the member event (it applied to the m.room.third_party_invite)."""
+    r, key = _tpi_room(rv, sender=CAROL)
+    r.set(r.ev("m.room.power_levels", ALICE, dict(r.default_pl(), invite=50), ""))
+    r.allowed(_tpi_invite(r, key, sender=CAROL))
+
+
+@all_versions
+@pytest.mark.parametrize("case, match", [
+    ("target banned", "target is banned"),
+    ("no signed", "no signed object"),
+    ("third_party_invite not an object", "no signed object"),
+    ("no token", "no mxid or token"),
+    ("no mxid", "no mxid or token"),
+    ("mxid is not the state_key", "mxid is not the state_key"),
+    ("no m.room.third_party_invite for the token", "no m.room.third_party_invite"),
+    ("sender did not send the m.room.third_party_invite", "did not send"),
+    ("signed by another key", "no signature in signed matches"),
+    ("signed block altered after signing", "no signature in signed matches"),
+    ("signature key is not ed25519", "no signature in signed matches"),
+    ("no signatures", "no signature in signed matches"),
+    ("m.room.third_party_invite has no public key", "no signature in signed matches"),
+])
+def test_third_party_invite_refused(rv, case, match):
+    from shared.crypto import SigningKey
+    r, key = _tpi_room(rv)
+    if case == "target banned":
+        e = _tpi_invite(r, key, target=EVE)
+    elif case == "no signed":
+        e = r.member(DAVE, "invite", sender=BOB, third_party_invite={"display_name": "d"})
+    elif case == "third_party_invite not an object":
+        e = r.member(DAVE, "invite", sender=BOB, third_party_invite="tok")
+    elif case == "no token":
+        e = _tpi_invite(r, key, signed={"mxid": DAVE})
+    elif case == "no mxid":
+        e = _tpi_invite(r, key, signed={"token": "tok"})
+    elif case == "mxid is not the state_key":
+        e = _tpi_invite(r, key, signed={"mxid": CAROL, "token": "tok"})
+    elif case == "no m.room.third_party_invite for the token":
+        e = _tpi_invite(r, key, signed={"mxid": DAVE, "token": "other"})
+    elif case == "sender did not send the m.room.third_party_invite":
+        e = _tpi_invite(r, key, sender=CAROL)
+    elif case == "signed by another key":
+        e = _tpi_invite(r, SigningKey.generate("0"))
+    elif case == "signed block altered after signing":
+        e = _tpi_invite(r, key, after_signing=lambda s: s.__setitem__("extra", "x"))
+    elif case == "signature key is not ed25519":
+        def rename(s):
+            s["signatures"]["id.example"] = {"curve25519:0": s["signatures"]["id.example"]["ed25519:0"]}
+        e = _tpi_invite(r, key, after_signing=rename)
+    elif case == "no signatures":
+        e = _tpi_invite(r, None)
+    else:
+        r, key = _tpi_room(rv, lambda k: {"display_name": "d"})
+        e = _tpi_invite(r, key)
+    r.refused(e, match)
+
+
+@all_versions
+def test_third_party_invite_auth_events_may_cite_the_token_event(rv):
+    """The token's m.room.third_party_invite is a valid auth event of the invite."""
+    r, key = _tpi_room(rv)
+    e = _tpi_invite(r, key)
+    auth = [r.state[k] for k in auth_types_for_event(e, rv) if k in r.state]
+    assert ("m.room.third_party_invite", "tok") in [(a["type"], a["state_key"]) for a in auth]
+    e["auth_events"] = [a["event_id"] for a in auth]
+    check_auth_events_list(e, auth, rv, r.create)
+    check_auth(e, {(a["type"], a["state_key"]): a for a in auth}, rv, r.create)
