@@ -219,8 +219,10 @@ def event_signature_servers(event: dict, rv: RoomVersion) -> set[str]:
 
 def verify_event_signature(event: dict, rv: RoomVersion, server_name: str,
                            verify_keys: dict) -> bool:
-    """True iff some signature of `server_name` by a key in `verify_keys` (key_id ->
-    nacl VerifyKey) verifies over the redacted event. Never raises."""
+    """True iff `server_name` signed the redacted event with at least one key in
+    `verify_keys` (key_id -> nacl VerifyKey) and every signature of it by such a key
+    verifies (§ "Validating hashes and signatures": one bad signature by a known key fails
+    the event, whatever the others). Signatures by other key IDs are ignored. Never raises."""
     try:
         sigs = event["signatures"][server_name]
         key_ids = [k for k in sigs if k.startswith("ed25519:") and k in verify_keys]
@@ -228,14 +230,11 @@ def verify_event_signature(event: dict, rv: RoomVersion, server_name: str,
             return False
         message = canonical_json(_signed_part(event, rv))
         for key_id in key_ids:
-            try:
-                sig = decode_base64(sigs[key_id])
-                if len(sig) == 64:
-                    verify_keys[key_id].verify(message, sig)
-                    return True
-            except Exception:  # noqa: BLE001 - try the next key
-                continue
-        return False
+            sig = decode_base64(sigs[key_id])
+            if len(sig) != 64:
+                return False
+            verify_keys[key_id].verify(message, sig)   # raises if it does not verify
+        return True
     except Exception:  # noqa: BLE001 - malformed event = not signed
         return False
 

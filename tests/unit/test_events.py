@@ -137,6 +137,21 @@ def test_sign_event_ignores_event_id_and_merges_signatures():
     assert verify_event_signature(bare, V11, "domain", VKEYS)
 
 
+@pytest.mark.parametrize("bad", ["another key's signature", "garbage", "short"])
+def test_one_bad_signature_by_a_known_key_fails_the_event_whatever_the_others(bad):
+    """All signatures of the server by keys we know must verify, not just one (issue #12.9)."""
+    second = SigningKey.generate("2")
+    e = sign_event(sign_event(ev(V11), "domain", KEY, V11), "domain", second, V11)
+    both = {**VKEYS, second.key_id: second.verify_key}
+    assert verify_event_signature(e, V11, "domain", both)
+    forged = copy.deepcopy(e)
+    sigs = forged["signatures"]["domain"]
+    sigs[second.key_id] = {"another key's signature": sigs["ed25519:1"],
+                           "garbage": "A" * 86, "short": "AAAA"}[bad]
+    assert verify_event_signature(forged, V11, "domain", VKEYS)     # the bad key is not known
+    assert not verify_event_signature(forged, V11, "domain", both)  # known, so it must verify
+
+
 def test_v12_create_event_room_id():
     create = create_event(V12)
     assert "room_id" not in create
