@@ -22,6 +22,7 @@ from shared.contracts.transaction import TransactionClient
 from shared.crypto import SigningKey
 from shared.errors import MatrixError, json_response
 from shared.routing import body_doc, new_app, read_json, serve_lean
+from shared.server_keys import load_old_verify_keys
 from shared.settings import Settings
 
 F = c.FEDERATION
@@ -38,7 +39,7 @@ class PduService:
         key = SigningKey.load(settings.path("signing_key"))
         self.tx = transaction_client or TransactionClient(settings.transaction_url, settings.secret())
         self.storage = Storage(self.tx)
-        self.keyring = Keyring(self.tx, name, key)
+        self.keyring = Keyring(self.tx, name, key, load_old_verify_keys(settings.data_dir))
         self.rooms = RoomHandler(self.storage, self.tx, name, key)
         self.inbound = InboundHandler(self.storage, self.tx, self.keyring, self.rooms, name)
         self.federation = FederationHandler(self.storage, self.tx, self.rooms, self.inbound, name,

@@ -179,8 +179,11 @@ def create_app(settings: Settings, **clients):
             timeout_s=body.timeout_s)
 
     @app.get(c.SERVER_KEYS, tags=["outbound"], response_model=ServerKeys)
-    async def server_keys(server_name: str, request: Request):
-        return await svc(request).transport.server_keys(server_name)
+    async def server_keys(server_name: str, request: Request, key_id: list[str] = Query([]),
+                          minimum_valid_until_ts: int = 0):
+        """The transport's verified keys of `server_name`; the hints pass through (a key
+        the transport lacks, or too short a validity, makes it fetch again, rate-limited)."""
+        return await svc(request).transport.server_keys(server_name, key_id, minimum_valid_until_ts)
 
     @app.post(c.DESTINATION_UP, tags=["outbound"])
     async def destination_up(destination: str, request: Request):

@@ -26,7 +26,7 @@ import time
 from contextlib import asynccontextmanager
 
 import orjson
-from fastapi import Request
+from fastapi import Query, Request
 from starlette.responses import Response
 
 from services.transport.inbound_auth import authenticate, raw_uri
@@ -187,8 +187,11 @@ def create_app(settings: Settings, **clients):
         return resp
 
     @app.get(c.KEYS, tags=["internal"], response_model=c.ServerKeys)
-    async def keys(server_name: str, request: Request):
-        found = await request.app.state.svc.keys.get(server_name)
+    async def keys(server_name: str, request: Request, key_id: list[str] = Query([]),
+                   minimum_valid_until_ts: int = 0):
+        """Verified keys of `server_name`, fetched again (rate-limited) if they lack one of
+        `key_id` or are valid for less than `minimum_valid_until_ts`."""
+        found = await request.app.state.svc.keys.get(server_name, key_id, minimum_valid_until_ts)
         if found is None:
             raise MatrixError(404, "M_NOT_FOUND", f"no keys for {server_name}")
         return found

@@ -5,7 +5,9 @@ signature, by a current key of `origin` (one of its `verify_keys`, whose valid_u
 not passed; old_verify_keys never authenticate requests), over {method, raw uri, origin,
 destination, content} with destination = our server name. Otherwise 401 M_UNAUTHORIZED;
 Authorization headers of other schemes count as absent; 400 M_UNAUTHORIZED when every
-X-Matrix header is unparseable, as Synapse does.
+X-Matrix header is unparseable, as Synapse does. A key ID the cached keys of `origin` lack
+makes the keystore fetch them again (at most once a minute per server): a rotated key
+authenticates at once.
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ async def authenticate(scope, headers, content, server_name: str, keystore) -> s
         dest = auth.get("destination")
         if dest is not None and dest != server_name:
             raise MatrixError(401, "M_UNAUTHORIZED", "Request was not meant for this server")
-        keys = await keystore.get(auth["origin"], auth["key"])
+        keys = await keystore.get(auth["origin"], [auth["key"]])   # refetched if unknown
         b64 = (keys or {}).get("verify_keys", {}).get(auth["key"])
         if b64 is not None and keys["valid_until_ts"] < time.time() * 1000:
             last_error = f"key {auth['key']} of {auth['origin']} has expired"

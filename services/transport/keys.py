@@ -4,14 +4,15 @@ Invariants:
 - Our `/_matrix/key/v2/server` answer is self-signed and valid for `key_validity_s`.
 - A remote key response is used only if it names the server we asked and is signed by a
   key in its own `verify_keys`. Cached until min(valid_until_ts, now + 7 days).
-- Concurrent look-ups of one server share a single fetch.
+- Refetched when expired, or (at most once per REFETCH_INTERVAL_S per server) when a key
+  ID asked for is unknown: see shared/server_keys.py. Concurrent look-ups share a fetch.
 """
 from __future__ import annotations
 
-import asyncio
 import time
 
 from shared.crypto import SigningKey, sign_json, verify_json_signature, verify_key_from_base64
+from shared.server_keys import REFETCH_INTERVAL_S, ServerKeyCache, load_old_verify_keys
 
 WEEK_MS = 7 * 24 * 3600 * 1000
 
@@ -53,49 +54,18 @@ def parse_key_response(server_name: str, body) -> dict | None:
             "valid_until_ts": min(vut, now_ms + WEEK_MS)}
 
 
-class KeyStore:
-    """Remote keys by server name. `fetch(server)` is an async callable returning the raw
-    key response JSON (or raising)."""
+class KeyStore(ServerKeyCache):
+    """Remote keys by server name (`ServerKeyCache`: refetched when expired, and, at most
+    once a minute per server, when lacking a key ID asked for). `fetch(server)` is an async
+    callable returning the raw key response JSON (or raising); only a response that
+    `parse_key_response` accepts replaces what is cached."""
 
-    def __init__(self, fetch):
-        self._fetch = fetch
-        self._cache: dict[str, dict] = {}
-        self._pending: dict[str, asyncio.Future] = {}
-
-    def seed(self, server_name: str, keys: dict) -> None:
-        self._cache[server_name] = keys
-
-    async def get(self, server_name: str, key_id: str | None = None) -> dict | None:
-        """Current keys of `server_name`, refetched when expired or lacking `key_id`."""
-        keys = self._cache.get(server_name)
-        now_ms = time.time() * 1000
-        fresh = keys is not None and keys["valid_until_ts"] > now_ms
-        if fresh and (key_id is None or key_id in keys["verify_keys"]
-                      or key_id in keys["old_verify_keys"]):
-            return keys
-        fut = self._pending.get(server_name)
-        if fut is None:
-            fut = asyncio.ensure_future(self._load(server_name))
-            self._pending[server_name] = fut
-            fut.add_done_callback(lambda _f: self._pending.pop(server_name, None))
-        return await asyncio.shield(fut)
-
-    async def _load(self, server_name: str) -> dict | None:
-        try:
-            body = await self._fetch(server_name)
-        except Exception:  # noqa: BLE001 - unreachable key server: no keys
-            return self._cache.get(server_name)
-        keys = parse_key_response(server_name, body)
-        if keys is not None:
-            self._cache[server_name] = keys
-            return keys
-        return self._cache.get(server_name)
+    def __init__(self, fetch, refetch_interval_s: float = REFETCH_INTERVAL_S):
+        async def fetch_verified(server_name, _key_ids, _minimum_valid_until_ts):
+            return parse_key_response(server_name, await fetch(server_name))
+        super().__init__(fetch_verified, refetch_interval_s)
 
 
 def load_old_keys(data_dir) -> dict:
-    """Our previous keys (`fedstack rotate-key` writes them), served as old_verify_keys so
-    events signed with them still verify: {key_id: {key, expired_ts}}."""
-    import json
-    from pathlib import Path
-    p = Path(data_dir) / "old_signing_keys.json"
-    return json.loads(p.read_text()) if p.exists() else {}
+    """Our previous keys, served as old_verify_keys (see `load_old_verify_keys`)."""
+    return load_old_verify_keys(data_dir)

@@ -138,8 +138,15 @@ class TransactionClient(InternalClient):
             "destination": destination, "method": method, "path": path,
             "query": list(query or []), "body": body, "timeout_s": timeout_s})
 
-    async def server_keys(self, server_name: str) -> dict:
-        return await self.call("GET", SERVER_KEYS.format(server_name=quote(server_name, safe="")))
+    async def server_keys(self, server_name: str, key_ids=(), minimum_valid_until_ts: int = 0) -> dict:
+        """Verified keys of `server_name`. Hints: key IDs it must know and the validity it
+        must have; when the cached keys fail them they are fetched again, at most once per
+        REFETCH_INTERVAL_S per server (shared/server_keys.py)."""
+        params = [("key_id", k) for k in key_ids]
+        if minimum_valid_until_ts:
+            params.append(("minimum_valid_until_ts", int(minimum_valid_until_ts)))
+        return await self.call("GET", SERVER_KEYS.format(server_name=quote(server_name, safe="")),
+                               params=params or None)
 
     async def destination_up(self, destination: str) -> None:
         await self.call("POST", DESTINATION_UP.format(destination=quote(destination, safe="")), {})
