@@ -27,6 +27,13 @@ class Settings:
     messaging_url: str = "http://127.0.0.1:8104"
     verify_tls: bool = True                      # verify remote servers' TLS certificates
     allow_private_destinations: bool = False     # allow federation to loopback/private IPs
+    ip_range_allowlist: str = ""                 # networks allowed even so ("127.0.5.0/24,...")
+    ca_file: str = ""                            # extra CA bundle trusted for remote servers
+    resolver: str = ""                           # nameserver HOST:PORT for SRV and A/AAAA ("": system)
+    well_known_min_cache_s: float = 300.0        # shortest caching of a remote .well-known
+    well_known_failure_cache_s: float = 3600.0   # a failed .well-known: cached this, doubling
+    delegate_to: str = ""                        # our /.well-known/matrix/server m.server
+    public_http_port: int = 0                    # plain-HTTP public listener for a reverse proxy (0: none)
     backoff_min_s: float = 2.0                   # first retry delay for a failing destination
     backoff_max_s: float = 3600.0                # cap of the doubling retry delay
     send_coalesce_ms: float = 3.0                # after a small transaction, gather this long

@@ -1,20 +1,30 @@
-"""Self-signed TLS certificate for the federation listener, created once in the data dir."""
+"""TLS: the self-signed certificate a new data dir starts with, the client context that
+checks remote servers, and reloading our listener's certificate.
+
+Invariants:
+- Remote certificates are verified by default, against the system's CAs plus `ca_file`
+  when given; which name is checked is the caller's (`server_hostname` per connection:
+  see services/transport/discovery.py). Only `verify_tls=False` turns checking off.
+- `reload_server_cert` changes a live listener's certificate only if the new chain and
+  key load together; otherwise the old one stays and the error is raised.
+"""
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import ssl
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 
 def ensure_self_signed_cert(cert_path: Path, key_path: Path, server_name: str) -> None:
     """Write a self-signed certificate valid for the server name's host (and loopback)."""
     if cert_path.exists() and key_path.exists():
         return
+    # cryptography (7 MB) only here: service processes import this module for the rest
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
     host = server_name.rsplit(":", 1)[0] if not server_name.endswith("]") else server_name
     host = host.strip("[]")
     key = ec.generate_private_key(ec.SECP256R1())
@@ -41,3 +51,21 @@ def ensure_self_signed_cert(cert_path: Path, key_path: Path, server_name: str) -
                                            serialization.NoEncryption()))
     key_path.chmod(0o600)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def client_context(verify: bool, ca_file: str = "") -> ssl.SSLContext | bool:
+    """The SSL setting for outbound federation (aiohttp's `ssl=`): False disables checks."""
+    if not verify:
+        return False
+    ctx = ssl.create_default_context()
+    if ca_file:
+        ctx.load_verify_locations(cafile=ca_file)
+    return ctx
+
+
+def reload_server_cert(ctx: ssl.SSLContext, cert_path: str, key_path: str) -> None:
+    """Load a new certificate chain (full chain file: leaf first) and key into a listener's
+    context: new connections get it, open ones keep theirs."""
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    probe.load_cert_chain(cert_path, key_path)       # raises, and `ctx` is untouched
+    ctx.load_cert_chain(cert_path, key_path)
