@@ -21,6 +21,7 @@ from pathlib import Path
 
 
 from shared.crypto import SigningKey
+from shared.server_keys import OLD_KEYS_FILE
 from shared.settings import Settings, ensure_internal_secret
 
 SERVICES = ("transaction", "pdu", "transport", "messaging")
@@ -60,7 +61,7 @@ def rotate_key(settings: Settings) -> str:
     import json
     path = settings.path("signing_key")
     old = SigningKey.load(path)
-    old_file = Path(settings.data_dir) / "old_signing_keys.json"
+    old_file = Path(settings.data_dir) / OLD_KEYS_FILE
     olds = json.loads(old_file.read_text()) if old_file.exists() else {}
     olds[old.key_id] = {"key": old.public_key_base64, "expired_ts": int(time.time() * 1000)}
     old_file.write_text(json.dumps(olds, indent=1))
