@@ -394,7 +394,8 @@ def _check_create(event: dict, content: dict, rules: _Rules) -> None:
     else:
         if _domain(event.get("room_id")) is None or _domain(event.get("room_id")) != _domain(event.get("sender")):
             raise AuthError("m.room.create: room_id domain does not match the sender's domain")
-    if "room_version" in content and content["room_version"] not in KNOWN_ROOM_VERSIONS:
+    if "room_version" in content and not (isinstance(content["room_version"], str)
+                                          and content["room_version"] in KNOWN_ROOM_VERSIONS):
         raise AuthError(f"m.room.create: unknown room_version {content['room_version']!r}")
     if rules.creator_in_content and "creator" not in content:
         raise AuthError("m.room.create: content has no creator")

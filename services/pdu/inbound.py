@@ -16,7 +16,9 @@ and set, as for every accepted event): a stale view never soft-fails an event.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import Counter
 from urllib.parse import quote
 
 from services.pdu.authrules import AuthError, check_auth, check_auth_events_list
@@ -39,6 +41,15 @@ class EventDropped(Exception):
     pass
 
 
+def is_infrastructure_failure(exc: BaseException) -> bool:
+    """An error of the stack rather than of the event: the transaction service (or the
+    network to it) unreachable, timing out, or failing with a 5xx. Only these make the
+    relay retry; any other exception while processing one event drops that event."""
+    if isinstance(exc, (OSError, asyncio.TimeoutError)):   # ConnectionError, TimeoutError
+        return True
+    return isinstance(exc, MatrixError) and exc.status >= 500
+
+
 class InboundHandler:
     def __init__(self, storage, tx, keyring, rooms, server_name: str):
         self.storage = storage
@@ -47,11 +58,14 @@ class InboundHandler:
         self.rooms = rooms
         self.server_name = server_name
         self._absent: set[str] = set()
+        self.dropped: Counter = Counter()     # reason class -> events dropped (never reset)
 
     async def handle_batch(self, items: list[dict]) -> None:
         """Process relayed inbox items, in order per room; every inbox id is consumed.
         Each room's items are committed together (one write-behind batch); if that commit
-        is refused because another writer moved the room on, they are redone one by one."""
+        is refused (another writer moved the room on, or the store refused one of them),
+        they are redone one by one. Only an infrastructure failure propagates (the relay
+        then retries): one bad event never stops the others."""
         by_room: dict[str, list[dict]] = {}
         for item in items:
             by_room.setdefault(item["room_id"], []).append(item)
@@ -63,8 +77,12 @@ class InboundHandler:
                         for item in group:
                             await self._receive_item(item)
                 except MatrixError as exc:
-                    if exc.status != 409:
+                    if is_infrastructure_failure(exc):
                         raise
+                    if exc.status != 409:
+                        log.warning("batch of %d PDUs in %s refused (%s); one by one",
+                                    len(group), room_id, exc)
+                    self._absent = set()
                     for item in group:
                         await self._receive_item(item)
 
@@ -91,11 +109,22 @@ class InboundHandler:
         return absent
 
     async def _receive_item(self, item: dict) -> None:
+        """Receive one relayed PDU; whatever goes wrong with it (short of the stack's own
+        failure) drops it: logged, counted, its inbox row consumed."""
+        origin = item["origin"]
         try:
-            await self.receive(item["pdu"], item["origin"], inbox_ids=[item["inbox_id"]])
+            await self.receive(item["pdu"], origin, inbox_ids=[item["inbox_id"]])
+            return
         except EventDropped as exc:
-            log.info("dropped PDU from %s: %s", item["origin"], exc)
-            await self.storage.persist({"inbox_ids": [item["inbox_id"]]})
+            log.info("dropped PDU from %s: %s", origin, exc)
+            self.dropped["invalid"] += 1
+        except Exception as exc:  # noqa: BLE001 - a bug met by one event must not wedge the inbox
+            if is_infrastructure_failure(exc):
+                raise
+            log.exception("dropped PDU from %s: processing failed (%s: %s)",
+                          origin, type(exc).__name__, exc)
+            self.dropped["failed"] += 1
+        await self.storage.persist({"inbox_ids": [item["inbox_id"]]})
 
     async def receive(self, pdu: dict, origin: str, *, inbox_ids=(), depth: int = 0,
                       forward_to=frozenset()) -> str:
@@ -173,6 +202,11 @@ class InboundHandler:
                 await self.receive(ev, origin, depth=depth + 1)
             except EventDropped:
                 continue
+            except Exception as exc:  # noqa: BLE001 - as in _receive_item: drop this one
+                if is_infrastructure_failure(exc):
+                    raise
+                log.exception("dropped fetched PDU from %s (%s)", origin, exc)
+                self.dropped["failed"] += 1
         missing = await self._missing(pdu["prev_events"])
         if not missing:
             return
