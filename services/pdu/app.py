@@ -174,5 +174,11 @@ def create_app(settings: Settings, **clients):
         body = await read_json(request)
         return json_response(await svc(request).federation.invite(origin(request), room_id, event_id, body))
 
+    @app.put(F + "/v1/exchange_third_party_invite/{room_id}", tags=["federation"])
+    async def fed_exchange_third_party_invite(room_id: str, request: Request):
+        body = await read_json(request)
+        return json_response(await svc(request).membership.exchange_third_party_invite(
+            origin(request), room_id, body))
+
     serve_lean(app, inbound, send, send_batch)   # the per-event routes
     return app

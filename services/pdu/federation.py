@@ -8,12 +8,16 @@ Invariants:
 - Membership endpoints accept only an event of the right type and membership, whose
   sender (= state_key) is on the requesting server, for the room named in the path, with
   the event ID named in the path.
+- make_join / make_leave templates carry `origin` (our server name), as the spec requires.
+- A received invite is signed by us only if its invite_room_state passes
+  `invite_state.check_invite_room_state` (else 400 M_INVALID_PARAM).
 """
 from __future__ import annotations
 
 from services.pdu.authrules import AuthError, check_auth
 from services.pdu.builder import auth_event_ids
 from services.pdu.inbound import EventDropped
+from services.pdu.invite_state import check_invite_room_state
 from services.pdu.rooms import create_event_of, joined_servers
 from services.pdu.state import load_auth_closure, resolve
 from services.pdu.storage import wire
@@ -163,7 +167,7 @@ class FederationHandler:
         prev = list((await self.storage.events(room["extremities"])).values())
         ev = {"type": "m.room.member", "room_id": room_id, "sender": user_id,
               "state_key": user_id, "content": {"membership": membership},
-              "origin_server_ts": self.now_ms(),
+              "origin": self.server_name, "origin_server_ts": self.now_ms(),
               "prev_events": [p["event_id"] for p in prev],
               "depth": max([p.get("depth", 0) for p in prev], default=0) + 1}
         ev["auth_events"] = auth_event_ids(ev, state, rv)
@@ -239,6 +243,7 @@ class FederationHandler:
             event = await self.inbound.keyring.check_event(event, rv)
         except Exception as exc:  # noqa: BLE001
             raise _forbidden(f"bad signature: {exc}")
+        await check_invite_room_state(body.get("invite_room_state"), room_id, rv, self.inbound.keyring)
         signed = sign_event(wire(dict(event)), self.server_name, self.key, rv)
         await self.storage.persist({"events": [{"event_id": event_id, "room_id": room_id,
                                            "event": signed, "outlier": False}],

@@ -1,5 +1,6 @@
 """Membership actions of local users that involve other servers: join a remote room
-(make_join / send_join v2), invite a remote user (invite v2).
+(make_join / send_join v2), invite a remote user (invite v2); and the exchange of a
+third-party invite that the invitee's server asks of us (exchange_third_party_invite).
 
 Invariants:
 - A make_join (make_leave) template is signed only if it is exactly the join (leave) we
@@ -8,9 +9,20 @@ Invariants:
   tries each candidate server in turn; when all fail, a 403 from any of them is the answer,
   else the one error they all gave, else 502.
 - A send_join answer is used only if its state holds the room's create event of that room
-  version, and only its correctly signed events are stored (as outliers; the join itself
-  is the room's first event in our DAG view, its state the answer's state).
-- An invite is committed only after the invitee's server countersigned it.
+  version, tied to the room (v10/v11: its room_id is the room's; v12: the room ID is "!" +
+  its event ID body), and only its correctly signed events of that room (room_id) are
+  stored (as outliers; the join itself is the room's first event in our DAG view, its
+  state the answer's state). An answer whose state has a create, power levels or join
+  rules of another room is refused (502); other events of another room are dropped.
+- An invite is committed only after the invitee's server countersigned it: the returned
+  event is the one we sent apart from `signatures` and `unsigned`, and carries a valid
+  signature of the invitee's server (else 502, nothing committed). We store our event with
+  that signature added. An invitee refusing our invite_room_state (400 M_INVALID_PARAM /
+  M_MISSING_PARAM) is our fault, not the client's: 502.
+- exchange_third_party_invite is answered only for a room we are in, to the invitee's own
+  server; the invite is built from the given one (display_name from the token's
+  m.room.third_party_invite), passes the auth rules (which verify `signed`), and is sent
+  as any remote invite.
 """
 from __future__ import annotations
 
@@ -19,18 +31,21 @@ from urllib.parse import quote
 
 from services.pdu.authrules import AuthError, check_auth, check_auth_events_list
 from services.pdu.builder import sign_template
-from services.pdu.keyring import SignatureFailed
+from services.pdu.keyring import SignatureFailed, keys_valid_at
 from services.pdu.storage import wire
 from shared.canonical import CanonicalJSONError
 from shared.errors import MatrixError
-from shared.events import (EventFormatError, compute_event_id, is_valid_user_id, server_of,
-                           validate_event_format)
+from shared.events import (EventFormatError, compute_event_id, is_valid_user_id,
+                           room_id_from_create, server_of, validate_event_format,
+                           verify_event_signature)
 from shared.room_versions import KNOWN_ROOM_VERSIONS, get_room_version
 
 log = logging.getLogger("fedstack.pdu.membership")
 
 STRIPPED_STATE = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.canonical_alias",
                   "m.room.encryption", "m.room.avatar", "m.room.topic")
+# State whose copy from another room would change who may do what: refuse such an answer.
+AUTH_STATE = ("m.room.create", "m.room.power_levels", "m.room.join_rules")
 
 
 def q(s: str) -> str:
@@ -70,6 +85,20 @@ def check_auth_chain(events: dict[str, dict], rv, create: dict) -> dict[str, str
             break
         order = [e for e in order if e not in done]
     return rejected
+
+
+def in_room(event_id: str, event: dict, room_id: str, create_id: str) -> bool:
+    """An event of the room: its create event (by ID), or any other with its room_id."""
+    if event.get("type") == "m.room.create":
+        return event_id == create_id
+    return event.get("room_id") == room_id
+
+
+def same_but_signatures(returned: dict, sent: dict) -> bool:
+    """The returned event is the one sent apart from `signatures` and `unsigned`."""
+    def rest(e):
+        return {k: v for k, v in e.items() if k not in ("signatures", "unsigned")}
+    return isinstance(returned, dict) and rest(returned) == rest(sent)
 
 
 class MembershipHandler:
@@ -155,6 +184,7 @@ class MembershipHandler:
         creates = [e for e in state.values() if e.get("type") == "m.room.create"]
         if len(creates) != 1 or creates[0].get("content", {}).get("room_version", "1") != version:
             raise MatrixError(502, "M_UNKNOWN", "send_join state lacks the room's create event")
+        state, chain = self._of_room(room_id, rv, creates[0], state, chain)
         returned = resp.get("event")
         if isinstance(returned, dict) and compute_event_id(returned, rv) == event_id:
             join = returned  # the resident may have added its signature
@@ -172,6 +202,26 @@ class MembershipHandler:
                "rooms": [{"room_id": room_id, "room_version": version, "extremities": [event_id],
                           "current_state": {"same_as": event_id}}]}
         await self.storage.persist(req)
+
+    @staticmethod
+    def _of_room(room_id, rv, create, state, chain) -> tuple[dict, dict]:
+        """The answer's state and auth chain without events of another room; refuses (502)
+        an answer whose create event, power levels or join rules are of another room."""
+        try:
+            tied = room_id_from_create(create, rv) == room_id
+        except EventFormatError:
+            tied = False
+        if not tied:
+            raise MatrixError(502, "M_UNKNOWN", "send_join create event is of another room")
+        create_id = compute_event_id(create, rv)
+        foreign = {eid for eid, e in {**chain, **state}.items()
+                   if not in_room(eid, e, room_id, create_id)}
+        if any(state[e].get("type") in AUTH_STATE for e in foreign if e in state):
+            raise MatrixError(502, "M_UNKNOWN", "send_join state holds auth events of another room")
+        if foreign:
+            log.info("join of %s: dropped %d events of another room", room_id, len(foreign))
+        return ({e: ev for e, ev in state.items() if e not in foreign},
+                {e: ev for e, ev in chain.items() if e not in foreign})
 
     async def leave(self, room_id: str, user_id: str) -> str:
         """Leave a room we are in; or reject an invite to a room we are not in, through the
@@ -225,22 +275,77 @@ class MembershipHandler:
             return await self.rooms.send(room_id, sender, "m.room.member", {"membership": "invite"},
                                          state_key=user_id)
         self.rooms.require_local(sender)
+        return await self._invite_remote(room_id, sender, user_id, {"membership": "invite"})
+
+    async def _invite_remote(self, room_id: str, sender: str, user_id: str, content: dict) -> str:
+        """Build the invite, have the invitee's server countersign it (invite v2), commit."""
+        target_server = server_of(user_id)
         async with self.rooms.lock(room_id):
-            ev, req = await self.rooms._prepare(room_id, sender, "m.room.member",
-                                                {"membership": "invite"}, user_id, {target_server})
+            ev, req = await self.rooms._prepare(room_id, sender, "m.room.member", content, user_id,
+                                                {target_server})
             room = await self.storage.room(room_id)
             state = await self.storage.state_map(room["current_state_group"])
             stripped = await self.storage.events([e for k, e in state.items() if k[0] in STRIPPED_STATE
                                                   or k == ("m.room.member", sender)])
-            body = {"room_version": room["room_version"], "event": wire(ev),
+            sent = wire(ev)
+            body = {"room_version": room["room_version"], "event": sent,
                     "invite_room_state": [wire(e) for e in stripped.values()]}
-            resp = await self._request(target_server, "PUT",
-                                       f"/_matrix/federation/v2/invite/{q(room_id)}/{q(ev['event_id'])}",
-                                       body=body)
-            signed = resp.get("event")
+            try:
+                resp = await self._request(target_server, "PUT",
+                                           f"/_matrix/federation/v2/invite/{q(room_id)}/{q(ev['event_id'])}",
+                                           body=body)
+            except MatrixError as exc:   # the invitee finds our request invalid: not the client's doing
+                if exc.status == 400 and exc.errcode in ("M_INVALID_PARAM", "M_MISSING_PARAM"):
+                    raise MatrixError(502, "M_UNKNOWN", exc.error)
+                raise
             rv = get_room_version(room["room_version"])
-            if not isinstance(signed, dict) or compute_event_id(signed, rv) != ev["event_id"]:
-                raise MatrixError(502, "M_UNKNOWN", "invitee's server returned a different event")
-            req["events"][0]["event"] = signed
+            theirs = await self._countersignature(resp.get("event"), sent, target_server, rv)
+            req["events"][0]["event"] = dict(sent, signatures={**sent["signatures"], target_server: theirs})
             await self.storage.persist(req)
             return ev["event_id"]
+
+    async def _countersignature(self, returned, sent: dict, server: str, rv) -> dict:
+        """`server`'s signatures on `returned`, if it is `sent` countersigned; else 502."""
+        if not same_but_signatures(returned, sent):
+            raise MatrixError(502, "M_UNKNOWN", "invitee's server returned a different event")
+        sigs = returned.get("signatures")
+        theirs = sigs.get(server) if isinstance(sigs, dict) else None
+        if not isinstance(theirs, dict):
+            raise MatrixError(502, "M_UNKNOWN", f"invite not countersigned by {server}")
+        ts = sent["origin_server_ts"]
+        try:
+            keys = keys_valid_at(await self.tx.server_keys(
+                server, [k for k in theirs if isinstance(k, str) and k.startswith("ed25519:")], ts), ts)
+        except Exception:  # noqa: BLE001 - no keys to be had: not countersigned
+            keys = {}
+        if not verify_event_signature(returned, rv, server, keys):
+            raise MatrixError(502, "M_UNKNOWN", f"invite not countersigned by {server}")
+        return theirs
+
+    async def exchange_third_party_invite(self, origin: str, room_id: str, body) -> dict:
+        """PUT /v1/exchange_third_party_invite/{roomId} from the invitee's server."""
+        content = body.get("content") if isinstance(body, dict) else None
+        if not isinstance(content, dict):
+            raise MatrixError(400, "M_BAD_JSON", "a partial m.room.member event is required")
+        sender, target = body.get("sender"), body.get("state_key")
+        if (body.get("type") != "m.room.member" or content.get("membership") != "invite"
+                or body.get("room_id") != room_id or not is_valid_user_id(sender)
+                or not is_valid_user_id(target)):
+            raise MatrixError(400, "M_INVALID_PARAM", "not an m.room.member invite for this room")
+        tpi = content.get("third_party_invite")
+        signed = tpi.get("signed") if isinstance(tpi, dict) else None
+        if not isinstance(signed, dict) or not isinstance(signed.get("token"), str):
+            raise MatrixError(400, "M_MISSING_PARAM", "content.third_party_invite.signed.token is required")
+        if server_of(target) != origin:
+            raise MatrixError(403, "M_FORBIDDEN", "the invitee is not on the requesting server")
+        room = await self.storage.room(room_id)
+        if room is None or room["current_state_group"] is None:
+            raise MatrixError(404, "M_NOT_FOUND", "Unknown room")
+        state = await self.storage.state_map(room["current_state_group"])
+        token_id = state.get(("m.room.third_party_invite", signed["token"]))
+        token_ev = (await self.storage.events([token_id])).get(token_id) if token_id else None
+        name = (token_ev or {}).get("content", {}).get("display_name")
+        if isinstance(name, str):     # the name the inviter gave, not the invitee's claim
+            tpi = dict(tpi, display_name=name)
+        await self._invite_remote(room_id, sender, target, dict(content, third_party_invite=tpi))
+        return {}
