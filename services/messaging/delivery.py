@@ -1,4 +1,5 @@
-"""Callbacks: every live event of a subscription's room (and types) POSTed to its url.
+"""Callbacks: every live event of a subscription's room (and types) POSTed to its url,
+and every received EDU (of that room, for a room subscription; of those types) beside them.
 
 Invariants:
 - Events go out in stream (room) order, in batches; a batch is retried until the receiver
@@ -6,6 +7,9 @@ Invariants:
   the transaction service). So a restart of any service resumes after the last
   acknowledged batch. A batch can be repeated only if this service dies between the
   receiver's 2xx and saving the position; the body's `position` lets a receiver drop it.
+- EDUs share the stream's positions: a body carries `events` and `edus`, each in stream
+  (arrival) order, and the position covers both; EDUs obey the same retry and position
+  rules as events. `types` filters an EDU by its edu_type as it filters events by type.
 - One deliverer per subscription across all messaging replicas: a replica delivers only
   while it holds the subscription's lease (renewed every loop, LEASE_S long), and a
   position write from a replica that lost the lease is refused.
@@ -134,7 +138,7 @@ class Delivery:
             try:   # saving the position rides on the next read: one round trip, not two
                 page = await self.tx.stream(position, BATCH, sub.get("room_id"), POLL_MS,
                                             subscription_id=sid if unsaved else None,
-                                            owner=self.owner)
+                                            owner=self.owner, edus=True)
             except asyncio.CancelledError:
                 raise
             except MatrixError as exc:
@@ -150,18 +154,22 @@ class Delivery:
                 await asyncio.sleep(RETRY_MIN_S * 5)
                 continue
             unsaved = False
-            if not page["events"]:
+            received = page.get("edus") or []
+            if not page["events"] and not received:
                 continue
-            last = page["events"][-1]["position"]
+            last = page["next"]
             events = [dict(e["event"], position=e["position"]) for e in page["events"]
                       if types is None or e["event"].get("type") in types]
-            if events:
-                await self._post_until_acknowledged(sub, events, last)
+            edus = [dict(e["edu"], position=e["position"]) for e in received
+                    if types is None or e["edu"].get("edu_type") in types]
+            if events or edus:
+                await self._post_until_acknowledged(sub, events, last, edus)
             position, unsaved = last, True
 
-    async def _post_until_acknowledged(self, sub: dict, events: list, last: int) -> None:
+    async def _post_until_acknowledged(self, sub: dict, events: list, last: int,
+                                       edus: list = ()) -> None:
         body = orjson.dumps({"subscription_id": sub["subscription_id"], "events": events,
-                             "position": last})
+                             "edus": list(edus), "position": last})
         delay = RETRY_MIN_S
         while True:
             try:

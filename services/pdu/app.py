@@ -16,6 +16,7 @@ from services.pdu.inbound import InboundHandler
 from services.pdu.keyring import Keyring
 from services.pdu.membership import MembershipHandler
 from services.pdu.rooms import RoomHandler
+from services.pdu.routes import servers as servers_routes
 from services.pdu.storage import Storage
 from shared.contracts import pdu as c
 from shared.contracts.transaction import TransactionClient
@@ -180,5 +181,6 @@ def create_app(settings: Settings, **clients):
         return json_response(await svc(request).membership.exchange_third_party_invite(
             origin(request), room_id, body))
 
+    app.include_router(servers_routes.router)
     serve_lean(app, inbound, send, send_batch)   # the per-event routes
     return app

@@ -19,8 +19,12 @@ from starlette.responses import Response
 
 from services.transaction import store_events as se
 from services.transaction import store_federation as sf
+from services.transaction import store_edus
 from services.transaction.db import Database
+from services.transaction.edu_checks import EduChecker
 from services.transaction.inbound import InboundTransactions
+from services.transaction.room_servers import RoomServers
+from services.transaction.routes import edus as edus_routes
 from services.transaction.relay import Relay
 from services.transaction.sender import Sender
 from shared.contracts import transaction as c
@@ -43,7 +47,10 @@ class TransactionService:
         self.pdu = pdu_client or PduClient(settings.pdu_url, secret)
         self.relay = Relay(self.db, self.pdu)
         self.sender = Sender(self.db, self.transport, settings)
-        self.inbound = InboundTransactions(self.db, self.relay.wake)
+        self.room_servers = RoomServers(self.pdu)
+        self.edu_checker = EduChecker(settings.server_name, self.room_servers)
+        self.inbound = InboundTransactions(self.db, self.relay.wake, self.edu_checker,
+                                           self.wake_stream)
         self.new_events = asyncio.Condition()
 
     async def start(self):
@@ -59,8 +66,14 @@ class TransactionService:
         await self.pdu.aclose()
         await self.db.close()
 
+    async def wake_stream(self) -> None:
+        """New items in the live stream (EDUs): wake the long polls."""
+        async with self.new_events:
+            self.new_events.notify_all()
+
     async def persist(self, req: dict) -> dict:
         result = await self.db.run(se.persist, req)
+        self.room_servers.persisted(req.get("events") or ())
         dests = {d for ds in req.get("destinations", {}).values() for d in ds}
         self.sender.notify(dests)
         if any(v.get("new") or v.get("upgraded") for v in result["events"].values()):
@@ -69,32 +82,39 @@ class TransactionService:
         return result
 
     async def wait_stream(self, after: int, limit: int, room_id, timeout_ms: int,
-                          save: tuple[str, str | None] | None = None) -> dict:
-        """Live events after `after`, waiting up to timeout_ms for some. `save`
-        (subscription_id, owner): first save `after` as that subscription's position, in
-        the same database call as the first read."""
+                          save: tuple[str, str | None] | None = None, edus: bool = False) -> dict:
+        """Live events (and with `edus`, received EDUs) after `after`, waiting up to
+        timeout_ms for some. `save` (subscription_id, owner): first save `after` as that
+        subscription's position, in the same database call as the first read."""
         deadline = time.monotonic() + timeout_ms / 1000
         while True:
             async with self.new_events:
-                evs = await self.db.run(_save_and_read, save, after, limit, room_id)
+                evs, eds = await self.db.run(_save_and_read, save, after, limit, room_id, edus)
                 save = None
                 remaining = deadline - time.monotonic()
-                if evs or remaining <= 0:
+                if evs or eds or remaining <= 0:
                     break
                 try:
                     await asyncio.wait_for(self.new_events.wait(), remaining)
                 except asyncio.TimeoutError:
                     pass
-        nxt = evs[-1]["position"] if evs else after
-        if not evs and after == 0:
+        last = max(evs[-1]["position"] if evs else 0, eds[-1]["position"] if eds else 0)
+        nxt = last or after
+        if not evs and not eds and after == 0:
             nxt = 0
-        return {"events": evs, "next": nxt}
+        page = {"events": evs, "next": nxt}
+        if edus:
+            page["edus"] = eds
+        return page
 
 
-def _save_and_read(conn, save, after: int, limit: int, room_id) -> list[dict]:
+def _save_and_read(conn, save, after: int, limit: int, room_id, edus: bool = False):
     if save is not None:
         sf.set_subscription_position(conn, save[0], after, save[1])
-    return se.stream(conn, after, limit, room_id)
+    events = se.stream(conn, after, limit, room_id)
+    if not edus:
+        return events, []
+    return store_edus.merge(events, store_edus.stream(conn, after, limit, room_id), limit)
 
 
 def create_app(settings: Settings, **clients):
@@ -153,20 +173,24 @@ def create_app(settings: Settings, **clients):
     @app.get(c.STREAM, tags=["events"], response_model=c.StreamResponse)
     async def stream(request: Request, after: int = 0, limit: int = Query(100, ge=1, le=1000),
                      room_id: str | None = None, timeout_ms: int = Query(0, ge=0, le=60000),
-                     subscription_id: str | None = None, owner: str | None = None):
+                     subscription_id: str | None = None, owner: str | None = None,
+                     edus: bool = False):
         """Live events after `after` (long poll up to timeout_ms). With subscription_id, its
-        position is first saved as `after` (see TransactionClient.stream)."""
+        position is first saved as `after` (see TransactionClient.stream). With `edus`,
+        the received EDUs too, in the same sequence of positions."""
         after = max(min(after, 2**63 - 1), -2**63)     # positions are SQLite integers
         save = (subscription_id, owner) if subscription_id is not None else None
         waiter = asyncio.ensure_future(svc(request).wait_stream(after, limit, room_id, timeout_ms,
-                                                                save))
-        while True:  # a long poll ends early when its caller has gone away
-            done, _ = await asyncio.wait({waiter}, timeout=0.5)
-            if done:
-                return json_response(waiter.result())
-            if await request.is_disconnected():
-                waiter.cancel()
-                return json_response({"events": [], "next": after})
+                                                                save, edus))
+        try:
+            while True:  # a long poll ends early when its caller has gone away
+                done, _ = await asyncio.wait({waiter}, timeout=0.5)
+                if done:
+                    return json_response(waiter.result())
+                if await request.is_disconnected():
+                    return json_response({"events": [], "next": after})
+        finally:
+            waiter.cancel()     # no-op once done; else (gone, or shut down) it stops too
 
     @app.post(c.CLIENT_TXN, tags=["events"])
     async def client_txn(body: _ClientTxn, request: Request):
@@ -234,7 +258,7 @@ def create_app(settings: Settings, **clients):
     @app.post(c.SUBSCRIPTIONS, tags=["subscriptions"], response_model=c.Subscription)
     async def add_subscription(body: c.SubscriptionIn, request: Request):
         s = svc(request)
-        pos = await s.db.run(se.max_stream)
+        pos = await s.db.run(store_edus.max_position)
         return await s.db.run(sf.add_subscription, body.url, body.room_id, body.types, pos)
 
     @app.get(c.SUBSCRIPTIONS, tags=["subscriptions"])
@@ -259,6 +283,7 @@ def create_app(settings: Settings, **clients):
         return await svc(request).db.run(sf.lease_subscription, subscription_id, body.owner,
                                          body.ttl_s, time.time())
 
+    app.include_router(edus_routes.router)
     serve_lean(app, inbound, persist, get_events, stream)   # the per-event routes
     return app
 

@@ -68,6 +68,13 @@ CREATE TABLE IF NOT EXISTS subscriptions (
     subscription_id TEXT PRIMARY KEY, url TEXT NOT NULL, room_id TEXT, types TEXT,
     position INTEGER NOT NULL, lease_owner TEXT, lease_until FLOAT);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS edu_stream (
+    stream INTEGER PRIMARY KEY,              -- taken from the events table's sequence
+    origin TEXT NOT NULL, edu_type TEXT NOT NULL, room_id TEXT, content BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS edu_stream_room ON edu_stream (room_id, stream);
+CREATE TABLE IF NOT EXISTS edu_seen (     -- EDUs that must not be delivered twice
+    origin TEXT NOT NULL, edu_type TEXT NOT NULL, dedup TEXT NOT NULL, ts BIGINT NOT NULL,
+    PRIMARY KEY (origin, edu_type, dedup));
 """
 
 

@@ -7,7 +7,9 @@ Invariants:
 - More than 50 PDUs or 100 EDUs, or a malformed body: 400 and nothing stored, so a
   corrected retry with the same txn_id is processed.
 - Each PDU gets its entry: `{}` when staged (or already known), `{"error": ...}` when it is
-  malformed or for a room we are not in. Staged PDUs and the response commit together.
+  malformed or for a room we are not in. Staged PDUs and the response commit together,
+  and so do the EDUs that passed their checks (`edu_checks`), so a 200 means they are
+  stored; a transaction without EDUs costs nothing more than before.
 """
 from __future__ import annotations
 
@@ -27,9 +29,11 @@ MAX_CACHED_ROOMS = 10_000
 
 
 class InboundTransactions:
-    def __init__(self, db, on_staged):
+    def __init__(self, db, on_staged, edus=None, on_edus=None):
         self.db = db
         self.on_staged = on_staged           # called after a commit that staged PDUs
+        self.edus = edus                     # EduChecker: what of the EDUs is stored
+        self.on_edus = on_edus               # awaited after a commit that stored EDUs
         self._running: dict[str, tuple[str, asyncio.Future]] = {}
         self._versions: dict[str, str] = {}  # room_id -> room version (never changes)
 
@@ -76,10 +80,13 @@ class InboundTransactions:
             if not entry:
                 staged.append((room_id, pdu, key))
         response = orjson.dumps({"pdus": results})
+        checked = await self.edus.check(origin, edus) if edus and self.edus is not None else ()
         response = await self.db.run(store_federation.stage_transaction, origin, txn_id,
-                                     response, staged, int(time.time() * 1000))
+                                     response, staged, int(time.time() * 1000), checked)
         if staged:
             self.on_staged()
+        if checked and self.on_edus is not None:
+            await self.on_edus()
         return response
 
 

@@ -14,6 +14,7 @@ import uuid
 
 import orjson
 
+from services.transaction import store_edus
 from shared.canonical import dumps   # any integer a remote sent, unlike orjson
 from shared.errors import MatrixError
 
@@ -28,8 +29,10 @@ def get_txn_response(conn, origin: str, txn_id: str) -> bytes | None:
     return row[0] if row else None
 
 
-def stage_transaction(conn, origin: str, txn_id: str, response: bytes, staged: list, ts: int) -> bytes:
-    """Store the response and the inbox rows in one commit; a racing duplicate gets the first."""
+def stage_transaction(conn, origin: str, txn_id: str, response: bytes, staged: list, ts: int,
+                      edus: list = ()) -> bytes:
+    """Store the response, the inbox rows and the checked EDUs (see store_edus.stage) in
+    one commit; a racing duplicate gets the first response and stores nothing."""
     first = get_txn_response(conn, origin, txn_id)
     if first is not None:
         return first
@@ -38,6 +41,8 @@ def stage_transaction(conn, origin: str, txn_id: str, response: bytes, staged: l
     if staged:
         conn.executemany("INSERT INTO inbox (origin, room_id, pdu, event_id) VALUES (?, ?, ?, ?)",
                          [(origin, r, dumps(p), eid) for r, p, eid in staged])
+    if edus:
+        store_edus.stage(conn, origin, edus, ts)
     return response
 
 

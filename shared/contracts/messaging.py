@@ -57,10 +57,14 @@ class SubscriptionResponse(BaseModel):
 
 
 class CallbackBody(BaseModel):
-    """POSTed to a subscription's url; retried until 2xx. `position` of the last event
-    lets a receiver drop a repeat after a crash between its 2xx and our bookkeeping."""
+    """POSTed to a subscription's url; retried until 2xx. `position` of the last item
+    lets a receiver drop a repeat after a crash between its 2xx and our bookkeeping.
+    `edus`: the EDUs remote servers sent us, in arrival order, each {edu_type, origin,
+    content, position} (positions are shared with events); `types` filters them by
+    edu_type, a room subscription gets its room's (typing, receipts) only."""
     subscription_id: str
     events: list[dict]
+    edus: list[dict] = []
     position: int
 
 

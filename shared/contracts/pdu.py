@@ -23,6 +23,7 @@ INVITE = PREFIX + "/rooms/{room_id}/invite"
 LEAVE = PREFIX + "/rooms/{room_id}/leave"
 STATE = PREFIX + "/rooms/{room_id}/state"
 BACKFILL = PREFIX + "/rooms/{room_id}/backfill"
+ROOM_SERVERS = PREFIX + "/rooms/{room_id}/servers"
 FEDERATION = PREFIX + "/federation"     # + the path after /_matrix/federation
 ORIGIN_HEADER = "x-fedstack-origin"
 
@@ -117,6 +118,11 @@ class StateResponse(BaseModel):
     state: list[dict]
 
 
+class ServersResponse(BaseModel):
+    """Servers with at least one joined member (in the room's current state)."""
+    servers: list[str]
+
+
 class PduClient(InternalClient):
     async def inbound(self, items: list[dict]) -> dict:
         return await self.call("POST", INBOUND, {"items": items})
@@ -144,3 +150,12 @@ class PduClient(InternalClient):
 
     async def backfill(self, room_id: str, body: dict) -> dict:
         return await self.call("POST", BACKFILL.format(room_id=quote(room_id, safe="")), body)
+
+    async def room_servers(self, room_id: str) -> list[str] | None:
+        """Servers with joined members in the room; None for a room we do not know."""
+        status, data = await self.request("GET", ROOM_SERVERS.format(room_id=quote(room_id, safe="")))
+        if status == 404:
+            return None
+        if status >= 300:
+            await self.call("GET", ROOM_SERVERS.format(room_id=quote(room_id, safe="")))
+        return data["servers"]

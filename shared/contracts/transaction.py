@@ -31,6 +31,7 @@ DESTINATION_UP = PREFIX + "/destinations/{destination}/up"
 DESTINATIONS = PREFIX + "/destinations"
 POKE_DESTINATIONS = PREFIX + "/destinations/poke"
 EDUS = PREFIX + "/edus"
+EDU_STATS = PREFIX + "/edus/stats"
 MAX_EDU_BYTES = 65536        # canonical JSON size of one queued EDU (413 M_TOO_LARGE beyond)
 PERSIST = PREFIX + "/events/persist"
 GET_EVENTS = PREFIX + "/events/get"
@@ -101,6 +102,13 @@ class RoomInfo(BaseModel):
 class StreamResponse(BaseModel):
     events: list[dict]          # {"position": n, "event": {...with event_id}}
     next: int                   # position to continue from
+    edus: list[dict] = []       # with edus=true: {"position": n, "edu": {edu_type, origin, content}}
+
+
+class EduStats(BaseModel):
+    """Received EDUs since the service started: stored, and dropped by reason."""
+    accepted: int
+    dropped: dict[str, int]
 
 
 class SubscriptionIn(BaseModel):
@@ -182,12 +190,15 @@ class TransactionClient(InternalClient):
 
     async def stream(self, after: int, limit: int = 100, room_id: str | None = None,
                      timeout_ms: int = 0, *, subscription_id: str | None = None,
-                     owner: str | None = None) -> dict:
+                     owner: str | None = None, edus: bool = False) -> dict:
         """Live events after `after`. With `subscription_id`, that subscription's position
         is first moved to `after` (everything up to it was delivered), exactly as
         `set_subscription_position(subscription_id, after, owner)` would: one round trip
-        for "saved, what next?" (409 if `owner` lost the lease, 404 if unknown)."""
+        for "saved, what next?" (409 if `owner` lost the lease, 404 if unknown). With
+        `edus`, the page also lists the received EDUs (positions shared with events)."""
         params = {"after": after, "limit": limit, "timeout_ms": timeout_ms}
+        if edus:
+            params["edus"] = "true"
         if room_id:
             params["room_id"] = room_id
         if subscription_id is not None:
@@ -219,3 +230,6 @@ class TransactionClient(InternalClient):
         sid = quote(subscription_id, safe="")
         return await self.call("POST", SUBSCRIPTION_LEASE.format(subscription_id=sid),
                                {"owner": owner, "ttl_s": ttl_s})
+
+    async def edu_stats(self) -> dict:
+        return await self.call("GET", EDU_STATS)

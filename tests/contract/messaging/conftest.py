@@ -88,6 +88,7 @@ class FakeTransaction:
     def __init__(self, log: list):
         self.log = log
         self.stream_events: list[dict] = []          # {"position", "room_id", "event"}
+        self.stream_edus: list[dict] = []            # {"position", "room_id", "edu"}
         self.subs: dict[str, dict] = {}
         self.stream_calls: list[dict] = []
         self.lease_holder: str | None = None           # another replica holds every lease
@@ -97,16 +98,20 @@ class FakeTransaction:
 
         @app.get(tx_c.STREAM)
         async def stream(after: int = 0, limit: int = 100, room_id: str | None = None, timeout_ms: int = 0,
-                         subscription_id: str | None = None, owner: str | None = None):
-            self.stream_calls.append({"after": after, "limit": limit, "room_id": room_id})
+                         subscription_id: str | None = None, owner: str | None = None,
+                         edus: bool = False):
+            self.stream_calls.append({"after": after, "limit": limit, "room_id": room_id,
+                                      **({"edus": True} if edus else {})})
             if subscription_id is not None:     # save the position first (the contract)
                 self.save_position(subscription_id, after, owner)
             deadline = asyncio.get_running_loop().time() + timeout_ms / 1000
             while True:
                 evs = [e for e in self.stream_events if e["position"] > after
                        and room_id in (None, e["room_id"])][:limit]
+                eds = [e for e in self.stream_edus if edus and e["position"] > after
+                       and room_id in (None, e["room_id"])][:limit]
                 remaining = deadline - asyncio.get_running_loop().time()
-                if evs or remaining <= 0:
+                if evs or eds or remaining <= 0:
                     break
                 self._new.clear()
                 try:
@@ -114,7 +119,12 @@ class FakeTransaction:
                 except asyncio.TimeoutError:
                     pass
             out = [{"position": e["position"], "event": e["event"]} for e in evs]
-            return {"events": out, "next": out[-1]["position"] if out else after}
+            out_edus = [{"position": e["position"], "edu": e["edu"]} for e in eds]
+            last = max([e["position"] for e in evs + eds], default=after)
+            page = {"events": out, "next": last}
+            if edus:
+                page["edus"] = out_edus
+            return page
 
         @app.post(tx_c.SUBSCRIPTIONS)
         async def add(body: tx_c.SubscriptionIn):
@@ -163,7 +173,17 @@ class FakeTransaction:
         self.log.append(("position", subscription_id, position))
 
     def max_position(self) -> int:
-        return max((e["position"] for e in self.stream_events), default=0)
+        return max((e["position"] for e in self.stream_events + self.stream_edus), default=0)
+
+    def append_edus(self, room_id: str | None, edus: list[dict]) -> list[int]:
+        """Received EDUs ({edu_type, origin, content}) at the next positions."""
+        positions = []
+        for edu in edus:
+            pos = self.max_position() + 1
+            self.stream_edus.append({"position": pos, "room_id": room_id, "edu": edu})
+            positions.append(pos)
+        self._new.set()
+        return positions
 
     def append(self, room_id: str, events: list[dict]) -> list[int]:
         positions = []

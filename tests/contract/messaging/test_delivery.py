@@ -38,7 +38,7 @@ async def test_callback_retried_until_2xx_then_position_saved(public_client, fak
     assert raws[0] == raws[1] == raws[2], "a retry must repeat the same body"
     [body] = receiver.accepted()
     c.CallbackBody.model_validate(body)
-    assert set(body) == {"subscription_id", "events", "position"}
+    assert set(body) == {"subscription_id", "events", "edus", "position"}
     assert body["subscription_id"] == sid and body["position"] == positions[-1]
     assert [(e["event_id"], e["position"]) for e in body["events"]] == [
         ("$ev1", positions[0]), ("$ev2", positions[1]), ("$ev3", positions[2])]

@@ -97,7 +97,19 @@ class FakePdu:
         self.fail_next = 0                     # answer 500 to this many relay calls
         self.service_app = None                # the transaction app, to consume the inbox
         self.bad_requests: list[str] = []
+        self.room_servers: dict[str, list[str]] = {}   # room_id -> servers with joined members
+        self.room_server_calls: list[str] = []
         self.app = fake_internal_app("fake-pdu")
+
+        @self.app.get(pdu_c.ROOM_SERVERS)
+        async def room_servers(room_id: str):
+            self.room_server_calls.append(room_id)
+            if self.fail_next:
+                self.fail_next -= 1
+                raise MatrixError(500, "M_UNKNOWN", "pdu is failing (fake)")
+            if room_id not in self.room_servers:
+                raise MatrixError(404, "M_NOT_FOUND", "unknown room")
+            return {"servers": self.room_servers[room_id]}
 
         @self.app.post(pdu_c.INBOUND)
         async def inbound(request: Request):

@@ -41,7 +41,7 @@ async def stream(client, after=0, room_id=None, limit=1000, timeout_ms=0) -> dic
         params["room_id"] = room_id
     resp = await client.get(c.STREAM, params=params)
     assert resp.status_code == 200, resp.text
-    return c.StreamResponse.model_validate(resp.json()).model_dump()
+    return c.StreamResponse.model_validate(resp.json()).model_dump(exclude_unset=True)
 
 
 async def test_persist_dedupes_event_ids(service_client):

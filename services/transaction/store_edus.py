@@ -1,0 +1,93 @@
+"""Storage of received EDUs: the EDU half of the live stream. Plain functions run on the
+database thread.
+
+Invariants:
+- EDUs and events share one sequence of stream positions: an EDU's position is drawn from
+  the `events` table's AUTOINCREMENT sequence (sqlite_sequence), so one subscription
+  position covers both, and an event persisted after an EDU has a higher position.
+- An inbound transaction's EDUs are stored in the same commit as its response and its
+  PDUs' inbox rows (`stage`, called by `store_federation.stage_transaction`).
+- An EDU with a dedup key (a to-device message_id, a device list stream_id) is stored at
+  most once per (origin, edu_type, key), whatever transaction brings it again; keys are
+  forgotten after SEEN_KEEP_MS.
+- A stored EDU is removed only once every subscription's position is past it (so none can
+  still be delivered); with no subscription, nothing can deliver it and it is removed.
+"""
+from __future__ import annotations
+
+import orjson
+
+from shared.canonical import dumps   # any integer a remote sent, unlike orjson
+
+SEEN_KEEP_MS = 7 * 24 * 3600 * 1000
+
+
+def next_positions(conn, n: int) -> int:
+    """Reserve n stream positions; returns the first (the others follow it)."""
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+    top = conn.execute("SELECT COALESCE(MAX(stream), 0) FROM events").fetchone()[0]
+    current = max(row[0] if row else 0, top)
+    if row is None:
+        conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (current + n,))
+    else:
+        conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'events'", (current + n,))
+    return current + 1
+
+
+def max_position(conn) -> int:
+    """The highest position handed out, to an event or an EDU."""
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+    top = conn.execute("SELECT COALESCE(MAX(stream), 0) FROM events").fetchone()[0]
+    return max(row[0] if row else 0, top)
+
+
+def stage(conn, origin: str, edus: list, ts: int) -> int:
+    """Store checked EDUs, each (edu_type, room_id, content, dedup key or None), in order;
+    returns how many were new. Delivered ones are pruned first."""
+    fresh = []
+    for edu_type, room_id, content, dedup in edus:
+        if dedup is not None and not conn.execute(
+                "INSERT OR IGNORE INTO edu_seen (origin, edu_type, dedup, ts) VALUES (?, ?, ?, ?)",
+                (origin, edu_type, dedup, ts)).rowcount:
+            continue
+        fresh.append((edu_type, room_id, content))
+    if not fresh:
+        return 0
+    prune(conn, ts)
+    first = next_positions(conn, len(fresh))
+    conn.executemany("INSERT INTO edu_stream (stream, origin, edu_type, room_id, content)"
+                     " VALUES (?, ?, ?, ?, ?)",
+                     [(first + i, origin, t, r, dumps(c)) for i, (t, r, c) in enumerate(fresh)])
+    return len(fresh)
+
+
+def prune(conn, now_ms: int) -> None:
+    """Drop EDUs every subscription has passed, and dedup keys older than SEEN_KEEP_MS."""
+    low = conn.execute("SELECT MIN(position) FROM subscriptions").fetchone()[0]
+    if low is None:
+        conn.execute("DELETE FROM edu_stream")
+    else:
+        conn.execute("DELETE FROM edu_stream WHERE stream <= ?", (low,))
+    conn.execute("DELETE FROM edu_seen WHERE ts < ?", (now_ms - SEEN_KEEP_MS,))
+
+
+def stream(conn, after: int, limit: int, room_id: str | None) -> list[dict]:
+    """EDUs after `after`, oldest first: [{position, edu: {edu_type, origin, content}}].
+    With room_id, only the EDUs of that room (typing, receipts)."""
+    sql = "SELECT stream, origin, edu_type, content FROM edu_stream WHERE stream > ?"
+    args: list = [after]
+    if room_id:
+        sql += " AND room_id = ?"
+        args.append(room_id)
+    rows = conn.execute(sql + " ORDER BY stream LIMIT ?", (*args, limit))
+    return [{"position": pos, "edu": {"edu_type": t, "origin": o, "content": orjson.loads(c)}}
+            for pos, o, t, c in rows]
+
+
+def merge(events: list[dict], edus: list[dict], limit: int) -> tuple[list, list]:
+    """The first `limit` items of both (each list ordered by position), by position."""
+    if len(events) + len(edus) <= limit:
+        return events, edus
+    cut = sorted([e["position"] for e in events] + [e["position"] for e in edus])[limit - 1]
+    return ([e for e in events if e["position"] <= cut],
+            [e for e in edus if e["position"] <= cut])
