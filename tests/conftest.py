@@ -49,3 +49,31 @@ def inprocess(base_url) -> None:
     itself; it is the only legitimate skip, and only with --base-url."""
     if base_url:
         pytest.skip(INPROCESS_ONLY)
+
+
+# ---------------------------------------------------------------------------
+# 2. Server discovery: a DNS server, a certificate authority, loopback addresses
+# ---------------------------------------------------------------------------
+# One DNS server per session (started only if a test asks for it; stopped at the end):
+# fedstack is pointed at it with `resolver` (--resolver), since tests cannot take port
+# 53 from the system resolver. Certificates come from `test_ca`, trusted through `ca_file`,
+# so discovery tests run with TLS verification on.
+
+@pytest.fixture(scope="session")
+def dns_server():
+    from tests.fakes.dns import DnsServer
+    server = DnsServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory):
+    from tests.fakes.ca import TestCA
+    return TestCA(tmp_path_factory.mktemp("test-ca"))
+
+
+@pytest.fixture(scope="session")
+def loopback_net():
+    from tests.fakes.sites import LoopbackNet
+    return LoopbackNet()
