@@ -33,7 +33,6 @@ import canonicaljson
 import pytest
 import signedjson.key
 import signedjson.sign
-import unpaddedbase64
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -379,10 +378,3 @@ def test_key_file_lines_interchange(seed, version):
     signedjson.key.write_signing_keys(buf, [read])
     assert buf.getvalue() == ours.to_line()
     assert SigningKey.from_line(buf.getvalue()).seed == seed
-
-
-@settings(max_examples=100, deadline=None)
-@given(st.binary(max_size=80), st.booleans())
-def test_base64_same_as_unpaddedbase64(data, urlsafe):
-    assert encode_base64(data, urlsafe=urlsafe) == unpaddedbase64.encode_base64(data, urlsafe=urlsafe)
-    assert unpaddedbase64.decode_base64(encode_base64(data, urlsafe=urlsafe)) == data
