@@ -4,7 +4,8 @@ Built on dnspython's message and rrset classes; it answers what the test wrote w
 `add()`: records of the asked type (CNAMEs followed within the zone), NOERROR with an SOA
 for a name that exists without that type, NXDOMAIN with an SOA otherwise (negative TTL
 `negative_ttl`). The authoritative answer flag is set. `queries` counts every question
-(name, type), so a test can tell a cached answer from a fresh look-up.
+(name, type), so a test can tell a cached answer from a fresh look-up; `fail()` makes a
+name's answers SERVFAIL.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ class DnsServer:
         self.negative_ttl = negative_ttl
         self.records: dict[tuple[str, str], tuple[int, list[str]]] = {}
         self.queries: collections.Counter = collections.Counter()
+        self.failing: set[str] = set()        # names answered SERVFAIL
         self._lock = threading.Lock()
         self._servers: list[socketserver.BaseServer] = []
         self.host, self.port = "127.0.0.1", 0
@@ -49,6 +51,11 @@ class DnsServer:
         with self._lock:
             self.records.pop((self._key(name), rdtype.upper()), None)
 
+    def fail(self, name: str, failing: bool = True) -> None:
+        """Answer SERVFAIL for `name` (any type) while `failing`."""
+        with self._lock:
+            (self.failing.add if failing else self.failing.discard)(self._key(name))
+
     def count(self, name: str, rdtype: str) -> int:
         return self.queries[(self._key(name), rdtype.upper())]
 
@@ -61,7 +68,10 @@ class DnsServer:
         name, rdtype = q.name.to_text().lower(), dns.rdatatype.to_text(q.rdtype)
         with self._lock:
             self.queries[(name, rdtype)] += 1
-            self._fill(resp, name, rdtype)
+            if name in self.failing:
+                resp.set_rcode(dns.rcode.SERVFAIL)
+            else:
+                self._fill(resp, name, rdtype)
         return resp.to_wire()
 
     def _fill(self, resp, name: str, rdtype: str) -> None:
