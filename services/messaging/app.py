@@ -12,6 +12,8 @@ from contextlib import asynccontextmanager
 from fastapi import Query, Request
 
 from services.messaging.delivery import Delivery
+from services.messaging.ephemeral import Ephemeral
+from services.messaging.routes import ephemeral as ephemeral_routes
 from shared.contracts import messaging as c
 from shared.contracts.pdu import Backfill, BackfillResponse, PduClient
 from shared.contracts.transaction import TransactionClient
@@ -28,6 +30,7 @@ class MessagingService:
         self.tx = transaction_client or TransactionClient(settings.transaction_url, secret)
         owner = f"{socket.gethostname()}:{settings.port}" if settings.port else None
         self.delivery = Delivery(self.tx, http=callback_http, owner=owner)
+        self.ephemeral = Ephemeral(self.pdu, self.tx, settings.server_name)
 
     async def stop(self):
         await self.delivery.stop()
@@ -124,5 +127,6 @@ def create_app(settings: Settings, **clients):
         s.delivery.remove(subscription_id)
         return {}
 
+    app.include_router(ephemeral_routes.router)
     serve_lean(app, send, send_batch)   # the per-event routes
     return app

@@ -25,6 +25,7 @@ from services.transaction.edu_checks import EduChecker
 from services.transaction.inbound import InboundTransactions
 from services.transaction.room_servers import RoomServers
 from services.transaction.routes import edus as edus_routes
+from services.transaction.routes import rooms as rooms_routes
 from services.transaction.relay import Relay
 from services.transaction.sender import Sender
 from shared.contracts import transaction as c
@@ -284,6 +285,7 @@ def create_app(settings: Settings, **clients):
                                          body.ttl_s, time.time())
 
     app.include_router(edus_routes.router)
+    app.include_router(rooms_routes.router)
     serve_lean(app, inbound, persist, get_events, stream)   # the per-event routes
     return app
 

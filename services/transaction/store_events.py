@@ -237,3 +237,9 @@ def get_client_txn(conn, sender: str, txn_id: str) -> str | None:
     row = conn.execute("SELECT event_id FROM client_txns WHERE sender = ? AND txn_id = ?",
                        (sender, txn_id)).fetchone()
     return row[0] if row else None
+
+
+def room_ids(conn) -> list[str]:
+    """Every room with a current state."""
+    return [r[0] for r in conn.execute("SELECT room_id FROM rooms WHERE current_state_group"
+                                       " IS NOT NULL ORDER BY room_id")]

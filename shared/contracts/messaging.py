@@ -3,7 +3,9 @@ uses, plus the callback body subscribers receive."""
 from __future__ import annotations
 
 
-from pydantic import BaseModel
+from typing import Literal
+
+from pydantic import BaseModel, Field
 
 from shared.contracts import pdu as pdu_contract
 from shared.internal import InternalClient
@@ -21,6 +23,10 @@ STATE = "/v1/rooms/{room_id}/state"
 BACKFILL = "/v1/rooms/{room_id}/backfill"
 SUBSCRIPTIONS = "/v1/subscriptions"
 SUBSCRIPTION = "/v1/subscriptions/{subscription_id}"
+TYPING = "/v1/rooms/{room_id}/typing"
+RECEIPTS = "/v1/rooms/{room_id}/receipts"
+PRESENCE = "/v1/presence/{user_id}"
+TO_DEVICE = "/v1/to_device"
 
 
 # The domain API takes the same shapes the pdu service does (messaging forwards them):
@@ -54,6 +60,44 @@ class SubscriptionRequest(BaseModel):
 
 class SubscriptionResponse(BaseModel):
     subscription_id: str
+
+
+class TypingRequest(BaseModel):
+    """`user_id` (ours, joined) starts or stops typing; `timeout_ms` is how long the
+    homeserver considers it typing (remote servers apply their own timeout)."""
+    user_id: str
+    typing: bool
+    timeout_ms: int | None = Field(None, ge=0)
+
+
+class ReceiptRequest(BaseModel):
+    """A read receipt of `user_id` (ours, joined) up to `event_id`; `m.read.private` is
+    accepted and never leaves this server."""
+    user_id: str
+    event_id: str
+    receipt_type: Literal["m.read", "m.read.private"] = "m.read"
+    thread_id: str | None = None
+
+
+class PresenceRequest(BaseModel):
+    presence: Literal["online", "unavailable", "offline"]
+    status_msg: str | None = None
+
+
+class ToDeviceRequest(BaseModel):
+    """Send-to-device messages from `sender` (ours): messages[user_id][device_id or "*"]
+    = content. One EDU per destination server, durable until that server took it.
+    Messages for our own users are not sent anywhere (the homeserver delivers those)."""
+    sender: str
+    type: str
+    message_id: str | None = Field(None, min_length=1, max_length=32)
+    messages: dict[str, dict[str, dict]]
+
+
+class EphemeralResponse(BaseModel):
+    """The servers the EDU was queued for (none: nobody else to tell)."""
+    destinations: list[str]
+    message_id: str | None = None       # to-device: the id the messages were sent under
 
 
 class CallbackBody(BaseModel):
@@ -120,3 +164,28 @@ class MessagingClient(InternalClient):
 
     async def unsubscribe(self, subscription_id) -> None:
         await self.call("DELETE", SUBSCRIPTION.format(subscription_id=subscription_id))
+
+    async def typing(self, room_id, user_id, typing=True, timeout_ms=None) -> list[str]:
+        body = {"user_id": user_id, "typing": typing}
+        if timeout_ms is not None:
+            body["timeout_ms"] = timeout_ms
+        return (await self.call("POST", TYPING.format(room_id=room_id), body))["destinations"]
+
+    async def receipt(self, room_id, user_id, event_id, receipt_type="m.read",
+                      thread_id=None) -> list[str]:
+        body = {"user_id": user_id, "event_id": event_id, "receipt_type": receipt_type}
+        if thread_id is not None:
+            body["thread_id"] = thread_id
+        return (await self.call("POST", RECEIPTS.format(room_id=room_id), body))["destinations"]
+
+    async def presence(self, user_id, presence, status_msg=None) -> list[str]:
+        body = {"presence": presence}
+        if status_msg is not None:
+            body["status_msg"] = status_msg
+        return (await self.call("PUT", PRESENCE.format(user_id=user_id), body))["destinations"]
+
+    async def to_device(self, sender, type, messages, message_id=None) -> dict:
+        body = {"sender": sender, "type": type, "messages": messages}
+        if message_id is not None:
+            body["message_id"] = message_id
+        return await self.call("POST", TO_DEVICE, body)

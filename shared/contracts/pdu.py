@@ -24,6 +24,7 @@ LEAVE = PREFIX + "/rooms/{room_id}/leave"
 STATE = PREFIX + "/rooms/{room_id}/state"
 BACKFILL = PREFIX + "/rooms/{room_id}/backfill"
 ROOM_SERVERS = PREFIX + "/rooms/{room_id}/servers"
+USER_SERVERS = PREFIX + "/users/{user_id}/servers"
 FEDERATION = PREFIX + "/federation"     # + the path after /_matrix/federation
 ORIGIN_HEADER = "x-fedstack-origin"
 
@@ -119,7 +120,15 @@ class StateResponse(BaseModel):
 
 
 class ServersResponse(BaseModel):
-    """Servers with at least one joined member (in the room's current state)."""
+    """Servers with at least one joined member (in the room's current state). Asked with
+    `user_id`, `user_joined` says whether that user is a joined member."""
+    servers: list[str]
+    user_joined: bool | None = None
+
+
+class UserServersResponse(BaseModel):
+    """Servers sharing a room with the user: with a joined member in a room where the user
+    is joined (the user's own server included)."""
     servers: list[str]
 
 
@@ -159,3 +168,13 @@ class PduClient(InternalClient):
         if status >= 300:
             await self.call("GET", ROOM_SERVERS.format(room_id=quote(room_id, safe="")))
         return data["servers"]
+
+    async def room_servers_for(self, room_id: str, user_id: str) -> dict:
+        """{servers, user_joined} (404 M_NOT_FOUND for an unknown room)."""
+        return await self.call("GET", ROOM_SERVERS.format(room_id=quote(room_id, safe="")),
+                               params={"user_id": user_id})
+
+    async def user_servers(self, user_id: str) -> list[str]:
+        """Servers sharing a room with the user (see UserServersResponse)."""
+        path = USER_SERVERS.format(user_id=quote(user_id, safe=""))
+        return (await self.call("GET", path))["servers"]

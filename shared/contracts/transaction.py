@@ -36,6 +36,7 @@ MAX_EDU_BYTES = 65536        # canonical JSON size of one queued EDU (413 M_TOO_
 PERSIST = PREFIX + "/events/persist"
 GET_EVENTS = PREFIX + "/events/get"
 ROOM = PREFIX + "/rooms/{room_id}"
+ROOMS = PREFIX + "/rooms"
 STATE_GROUPS = PREFIX + "/state_groups/get"
 STREAM = PREFIX + "/stream"
 CLIENT_TXN = PREFIX + "/client_txns/get"
@@ -97,6 +98,10 @@ class RoomInfo(BaseModel):
     room_version: str
     extremities: list[str]
     current_state_group: int | None
+
+
+class RoomList(BaseModel):
+    rooms: list[str]            # every room we hold state of
 
 
 class StreamResponse(BaseModel):
@@ -233,3 +238,6 @@ class TransactionClient(InternalClient):
 
     async def edu_stats(self) -> dict:
         return await self.call("GET", EDU_STATS)
+
+    async def room_ids(self) -> list[str]:
+        return (await self.call("GET", ROOMS))["rooms"]

@@ -1,8 +1,11 @@
-"""Which servers are in a room: the room state the other layers ask about (the inbound EDU
-checks, where ephemeral traffic goes), answered from the current state.
+"""Which servers are in a room, and which share a room with a user: the room state the
+other layers ask about (the inbound EDU checks, where typing, receipts, presence and
+device-list updates go), answered from the current state.
 
-Invariant: `servers` are the servers with at least one member whose membership in the
-room's current state is `join`; a room we do not know (or have no state of) is 404.
+Invariants: a room's `servers` are the servers with at least one member whose membership
+in the room's current state is `join`; a room we do not know (or have no state of) is 404.
+A user's servers are the union of the servers of every room where the user is joined
+(walking every room we hold: O(rooms), from cached state maps).
 """
 from __future__ import annotations
 
@@ -15,11 +18,39 @@ from shared.errors import MatrixError, json_response
 router = APIRouter(tags=["rooms"])
 
 
-@router.get(c.ROOM_SERVERS, response_model=c.ServersResponse)
-async def room_servers(room_id: str, request: Request):
-    storage = request.app.state.svc.storage
+async def _current_state(storage, room_id: str) -> dict | None:
     room = await storage.room(room_id)
     if room is None or room["current_state_group"] is None:
+        return None
+    return await storage.state_map(room["current_state_group"])
+
+
+async def _is_joined(storage, state: dict, user_id: str) -> bool:
+    eid = state.get(("m.room.member", user_id))
+    if eid is None:
+        return False
+    ev = (await storage.events([eid])).get(eid)
+    return ev is not None and (ev.get("content") or {}).get("membership") == "join"
+
+
+@router.get(c.ROOM_SERVERS, response_model=c.ServersResponse)
+async def room_servers(room_id: str, request: Request, user_id: str | None = None):
+    storage = request.app.state.svc.storage
+    state = await _current_state(storage, room_id)
+    if state is None:
         raise MatrixError(404, "M_NOT_FOUND", "unknown room")
-    state = await storage.state_map(room["current_state_group"])
-    return json_response({"servers": sorted(await joined_servers(storage, state))})
+    out = {"servers": sorted(await joined_servers(storage, state))}
+    if user_id is not None:
+        out["user_joined"] = await _is_joined(storage, state, user_id)
+    return json_response(out)
+
+
+@router.get(c.USER_SERVERS, response_model=c.UserServersResponse)
+async def user_servers(user_id: str, request: Request):
+    svc = request.app.state.svc
+    servers: set[str] = set()
+    for room_id in await svc.tx.room_ids():
+        state = await _current_state(svc.storage, room_id)
+        if state is not None and await _is_joined(svc.storage, state, user_id):
+            servers |= await joined_servers(svc.storage, state)
+    return json_response({"servers": sorted(servers)})

@@ -57,6 +57,24 @@ class FakePdu:
         self.app = fake_internal_app("fake-pdu")
         for name, (method, path, model) in PDU_ROUTES.items():
             self._route(name, method, path, model)
+        self.servers: dict[str, list[str]] = {}        # room_id -> servers with joined members
+        self.joined: set[tuple[str, str]] = set()      # (room_id, user_id)
+        self.user_servers_of: dict[str, list[str]] = {}
+
+        @self.app.get(pdu_c.ROOM_SERVERS)
+        async def room_servers(room_id: str, user_id: str | None = None):
+            self.calls.append(("room_servers", room_id, user_id))
+            if room_id not in self.servers:
+                raise MatrixError(404, "M_NOT_FOUND", "unknown room")
+            out = {"servers": self.servers[room_id]}
+            if user_id is not None:
+                out["user_joined"] = (room_id, user_id) in self.joined
+            return out
+
+        @self.app.get(pdu_c.USER_SERVERS)
+        async def user_servers(user_id: str):
+            self.calls.append(("user_servers", None, user_id))
+            return {"servers": self.user_servers_of.get(user_id, [])}
 
     def answer(self, name: str, room_id: str | None) -> dict:
         if name == "create_room":
@@ -92,9 +110,18 @@ class FakeTransaction:
         self.subs: dict[str, dict] = {}
         self.stream_calls: list[dict] = []
         self.lease_holder: str | None = None           # another replica holds every lease
+        self.queued_edus: list[dict] = []              # {destination, edu_type, content}
         self._new = asyncio.Event()
         self.app = fake_internal_app("fake-transaction")
         app = self.app
+
+        @app.post(tx_c.EDUS)
+        async def queue_edus(request: Request):
+            body = orjson.loads(await request.body())
+            for e in body["edus"]:
+                assert set(e) == {"destination", "edu_type", "content"}, e
+            self.queued_edus += body["edus"]
+            return {}
 
         @app.get(tx_c.STREAM)
         async def stream(after: int = 0, limit: int = 100, room_id: str | None = None, timeout_ms: int = 0,
