@@ -5,6 +5,8 @@
   First start creates the signing key, the TLS certificate and the internal secret in DIR;
   later starts reuse them (and the database), so a homeserver resumes where it stopped.
 - `fedstack serve SERVICE` runs one service from `FEDSTACK_*` environment settings (compose).
+  The transport reloads its TLS certificate on SIGHUP (`up` passes SIGHUP on to it).
+- `fedstack check-federation NAME` resolves NAME as a sender would and prints each step.
 """
 from __future__ import annotations
 
@@ -102,9 +104,14 @@ def serve(service: str, settings: Settings) -> None:
         configs.append(_uvicorn_config(PublicOnly(app), settings.bind_host, settings.federation_port, lifespan="off",
                                        ssl_certfile=str(settings.path("tls_cert")),
                                        ssl_keyfile=str(settings.path("tls_key"))))
+        if settings.public_http_port:   # the same public API in plain HTTP, for a reverse proxy
+            configs.append(_uvicorn_config(PublicOnly(app), settings.bind_host, settings.public_http_port,
+                                           lifespan="off"))
     servers = [uvicorn.Server(c) for c in configs]
 
     async def main():
+        if service == "transport":
+            _reload_tls_on_sighup(configs[1], settings)
         first = asyncio.create_task(servers[0].serve())
         while not servers[0].started and not first.done():
             await asyncio.sleep(0.02)
@@ -115,6 +122,25 @@ def serve(service: str, settings: Settings) -> None:
     except ImportError:
         uvloop = None
     (uvloop.run if uvloop else asyncio.run)(main())
+
+
+def _reload_tls_on_sighup(config, settings: Settings) -> None:
+    """SIGHUP: the public listener loads its certificate chain and key again (a renewed
+    Let's Encrypt fullchain.pem, say); connections open stay, nothing restarts. A chain
+    or key that does not load leaves the old certificate in place (and is logged)."""
+    import logging
+    from shared.tls import reload_server_cert
+    log = logging.getLogger("fedstack.tls")
+
+    def reload():
+        if getattr(config, "ssl", None) is None:   # not listening yet
+            return
+        try:
+            reload_server_cert(config.ssl, str(settings.path("tls_cert")), str(settings.path("tls_key")))
+            log.warning("reloaded the TLS certificate from %s", settings.path("tls_cert"))
+        except (OSError, ValueError) as exc:   # ssl.SSLError is an OSError
+            log.error("TLS certificate not reloaded, the old one stays: %s", exc)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
 
 
 class PublicOnly:
@@ -226,6 +252,12 @@ class Homeserver:
             proc.kill()
             proc.wait()
 
+    def signal_service(self, service: str, sig) -> None:
+        """Send `sig` to every running process of `service` (SIGHUP to transport: reload TLS)."""
+        for name, proc in self.procs.items():
+            if name.split("#")[0] == service and proc.poll() is None:
+                proc.send_signal(sig)
+
     def stop(self) -> None:
         for instance in reversed(self.instances()):
             self.stop_service(instance)
@@ -240,6 +272,13 @@ class Homeserver:
                 f"  messaging    http://127.0.0.1:{p['messaging']}  (domain API, docs at /docs)")
 
 
+def _discovery_options(parser) -> None:
+    parser.add_argument("--resolver", metavar="HOST:PORT",
+                        help="nameserver for SRV and A/AAAA look-ups (default: the system's)")
+    parser.add_argument("--ca-file", metavar="PATH",
+                        help="extra CA certificates to trust for other servers (PEM)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fedstack")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -252,6 +291,22 @@ def main(argv=None) -> int:
                     help="allow federation to loopback/private addresses (local testing)")
     up.add_argument("--no-verify-tls", action="store_true",
                     help="accept self-signed certificates of other servers (local testing)")
+    _discovery_options(up)
+    up.add_argument("--delegate-to", metavar="HOST[:PORT]",
+                    help="serve /.well-known/matrix/server delegating our name there")
+    up.add_argument("--public-http-port", type=int,
+                    help="also serve the public API in plain HTTP on this port (for a reverse proxy)")
+    up.add_argument("--tls-cert", metavar="PATH",
+                    help="certificate chain of the federation listener (full chain; reloaded on SIGHUP)")
+    up.add_argument("--tls-key", metavar="PATH", help="its private key")
+    chk = sub.add_parser("check-federation", help="resolve a server name step by step and "
+                         "check its TLS, key server and (with --data-dir) our signed requests")
+    chk.add_argument("name")
+    _discovery_options(chk)
+    chk.add_argument("--no-verify-tls", action="store_true")
+    chk.add_argument("--allow-private-destinations", action="store_true")
+    chk.add_argument("--data-dir", help="our data dir: also send a request signed with our key")
+    chk.add_argument("--server-name", help="our server name (with --data-dir)")
     init = sub.add_parser("init", help="create the signing key, TLS certificate and internal secret")
     init.add_argument("--server-name", required=True)
     init.add_argument("--data-dir", required=True)
@@ -264,6 +319,9 @@ def main(argv=None) -> int:
     if args.cmd == "serve":
         serve(args.service, Settings.from_env())
         return 0
+    if args.cmd == "check-federation":
+        from fedstack.check_federation import check_federation
+        return check_federation(args)
     if args.cmd == "rotate-key":
         print(rotate_key(Settings(data_dir=args.data_dir)))
         return 0
@@ -277,9 +335,15 @@ def main(argv=None) -> int:
         extra["allow_private_destinations"] = True
     if args.no_verify_tls:
         extra["verify_tls"] = False
+    for opt, field in (("resolver", "resolver"), ("ca_file", "ca_file"), ("delegate_to", "delegate_to"),
+                       ("public_http_port", "public_http_port"), ("tls_cert", "tls_cert_path"),
+                       ("tls_key", "tls_key_path")):
+        if getattr(args, opt) is not None:
+            extra[field] = getattr(args, opt)
     hs = Homeserver.configure(args.server_name, args.data_dir, args.port, args.api_port, **extra)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    signal.signal(signal.SIGHUP, lambda *_: hs.signal_service("transport", signal.SIGHUP))
     try:
         hs.start()
         print(hs.describe(), flush=True)

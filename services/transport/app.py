@@ -33,6 +33,7 @@ from services.transport.inbound_auth import authenticate, raw_uri
 from services.transport.keys import KeyStore, load_old_keys, our_key_response
 from services.transport.outbound import FederationClient
 from services.transport.ratelimit import RateLimiter
+from services.transport.routes import wellknown
 from shared.contracts import pdu as pdu_c
 from shared.contracts import transport as c
 from shared.contracts.transaction import TransactionClient
@@ -197,6 +198,7 @@ def create_app(settings: Settings, **clients):
             raise MatrixError(404, "M_NOT_FOUND", f"no keys for {server_name}")
         return found
 
+    app.include_router(wellknown.router(settings))   # being found: our delegation
     serve_lean(app, send, outbound)   # the per-event routes
     return app
 

@@ -1,0 +1,1 @@
+"""Routers of the transport service that create_app includes."""
