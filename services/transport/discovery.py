@@ -77,14 +77,22 @@ def direct_route(server_name: str, written: str, steps: tuple = ()) -> Route | N
 
 
 class Discovery:
+    DIRECT_CACHE = 10_000       # IP-literal and name:port routes kept (they never change)
+
     def __init__(self, dns: DnsLookup, well_known: WellKnownCache):
         self.dns = dns
         self.well_known = well_known
+        self._direct: dict[str, Route] = {}
 
     async def route(self, server_name: str) -> Route:
         """The Route for `server_name`; InvalidServerName or DiscoveryFailed if none."""
+        found = self._direct.get(server_name)
+        if found is not None:
+            return found
         found = direct_route(server_name, server_name)
         if found is not None:
+            if len(self._direct) < self.DIRECT_CACHE:
+                self._direct[server_name] = found
             return found
         host, _ = parse_server_name(server_name)
         wk = await self.well_known.lookup(host)
