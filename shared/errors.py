@@ -12,6 +12,8 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shared.canonical import dumps
 from starlette.responses import Response
 
 log = logging.getLogger("fedstack.errors")
@@ -31,8 +33,15 @@ class MatrixError(Exception):
         return {"errcode": self.errcode, "error": self.error, **self.extra}
 
 
+def _encode(body) -> bytes:
+    try:
+        return orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:   # nested deeper than orjson's 254 levels, or a huge int
+        return dumps(body)
+
+
 def json_response(body, status: int = 200, headers: dict | None = None) -> Response:
-    return Response(orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS), status_code=status, media_type="application/json",
+    return Response(_encode(body), status_code=status, media_type="application/json",
                     headers=headers)
 
 

@@ -1,9 +1,11 @@
 """The PDU format of room versions 10, 11 and 12 (spec §5, §13). Events are plain dicts.
 
 Invariants:
-- Nothing here trusts or uses an ``event_id`` key in the dict: it is stripped before the
-  content hash, the reference hash, signing and signature checks (the wire format has no
-  event_id; the ID is always recomputed). `redact` keeps it, as the spec's key list does.
+- Nothing here trusts an ``event_id`` key in the dict: it is stripped before the
+  reference hash, signing and signature checks (the wire format has no event_id; the ID
+  is always recomputed). The content hash covers it like any other key, as the spec's
+  algorithm (and Synapse) does, so callers hash and sign wire events, never our records
+  with their event_id added. `redact` keeps it, as the spec's key list does.
 - `redact` returns a new, deep-copied dict without ``unsigned``; v12 uses the v11 rules.
 - An event ID is ``"$" + urlsafe_unpadded_b64(sha256(canonical(redact(event) - signatures)))``;
   a v12 room ID is that event ID of the create event with ``!`` instead of ``$``.
@@ -24,10 +26,13 @@ MAX_ID_BYTES = 255
 MAX_PREV_EVENTS = 20
 MAX_AUTH_EVENTS = 10
 # Objects and arrays nested in an event, the event itself counting as 1. The spec sets no
-# limit, but the encoders behind us do (orjson: 254 levels, the json module: the recursion
-# limit); this one leaves room for the envelopes that carry events (transactions, persist
-# requests, responses), so an accepted event can always be stored and sent on.
-MAX_NESTING = 100
+# limit; what bounds it is the JSON tooling every server runs on: orjson parses 1,024
+# levels and encodes 254, and the encoders that take over beyond (Python's json module,
+# the canonicaljson library Synapse uses) stop near the interpreter's recursion limit of
+# 1,000 frames, less the envelopes (transactions, persist requests, callbacks) and the
+# call stack around them. 400 is what this stack carries end to end (tested: accepted,
+# stored, delivered, served); it was 100, which refused events other servers accept.
+MAX_NESTING = 400
 
 _TOP_KEEP_V10 = frozenset({
     "event_id", "type", "room_id", "sender", "state_key", "content", "hashes", "signatures",
@@ -48,9 +53,10 @@ _CONTENT_KEEP_V11 = dict(
     **{"m.room.power_levels": _CONTENT_KEEP_V10["m.room.power_levels"] + ("invite",),
        "m.room.redaction": ("redacts",)})
 
-# Dropped before the content hash ([Synapse] also drops the legacy top-level keys).
+# Dropped before the content hash (spec: unsigned, signatures, hashes; Synapse also drops
+# the legacy top-level keys). An event_id key is hashed like any other key.
 _NOT_HASHED = frozenset({"unsigned", "signatures", "hashes", "age_ts", "outlier",
-                         "destinations", "event_id"})
+                         "destinations"})
 
 _SERVER_NAME_RE = re.compile(
     r"(?:[A-Za-z0-9.\-]{1,255}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?\Z")
@@ -70,11 +76,28 @@ def is_valid_server_name(s) -> bool:
 
 
 def is_valid_user_id(s) -> bool:
-    """``@localpart:server`` with a non-empty printable-ASCII localpart, ≤255 bytes."""
+    """The grammar of user IDs we create: ``@localpart:server`` with a non-empty
+    printable-ASCII localpart, ≤255 bytes. For IDs received over federation see
+    `is_valid_federation_user_id`."""
     if not isinstance(s, str) or not s.startswith("@") or len(s.encode("utf-8", "replace")) > MAX_ID_BYTES:
         return False
     local, sep, server = s[1:].partition(":")
     return bool(sep) and _USER_LOCALPART_RE.match(local) is not None and is_valid_server_name(server)
+
+
+def is_valid_federation_user_id(s) -> bool:
+    """A user ID servers MUST accept over federation (spec appendix, historical user IDs):
+    ``@localpart:server`` whose localpart is any code points but ``:``, NUL and lone
+    surrogates (the empty localpart included), a valid server name, ≤255 bytes."""
+    if not isinstance(s, str) or not s.startswith("@"):
+        return False
+    local, sep, server = s[1:].partition(":")
+    if not sep or "\x00" in local or not is_valid_server_name(server):
+        return False
+    try:
+        return len(s.encode("utf-8")) <= MAX_ID_BYTES
+    except UnicodeEncodeError:   # a lone surrogate
+        return False
 
 
 def server_of(user_or_room_id: str) -> str:
@@ -113,8 +136,8 @@ def _redact_content(etype, content, rv: RoomVersion, copy) -> dict:
     out = {k: copy(content[k]) for k in table.get(etype, ()) if k in content}
     if rv.redaction_v11 and etype == "m.room.member":
         tpi = content.get("third_party_invite")
-        if isinstance(tpi, dict) and "signed" in tpi:
-            out["third_party_invite"] = {"signed": copy(tpi["signed"])}
+        if isinstance(tpi, dict):   # kept as an object, with only its `signed` (as Synapse)
+            out["third_party_invite"] = {"signed": copy(tpi["signed"])} if "signed" in tpi else {}
     return out
 
 
@@ -130,6 +153,16 @@ def redact(event: dict, room_version: RoomVersion) -> dict:
     return _redact(event, room_version, _clone)
 
 
+def redacted_form(target: dict, redaction: dict, room_version: RoomVersion) -> dict:
+    """The stored form of `target` once `redaction` applies: the room version's redaction
+    of it (no event_id) with ``unsigned.redacted_because`` = the redaction as on the wire."""
+    out = redact(target, room_version)
+    out.pop("event_id", None)
+    out["unsigned"] = {"redacted_because": {k: v for k, v in redaction.items()
+                                            if k not in ("event_id", "rejected")}}
+    return out
+
+
 # --------------------------------------------------------------------------- hashes & ids
 
 def _sha256(obj) -> bytes:
@@ -137,8 +170,9 @@ def _sha256(obj) -> bytes:
 
 
 def compute_content_hash(event: dict) -> str:
-    """Unpadded b64 SHA-256 of the event without unsigned/signatures/hashes/event_id and
-    the legacy age_ts/outlier/destinations. CanonicalJSONError if not encodable."""
+    """Unpadded b64 SHA-256 of the event without unsigned/signatures/hashes and the legacy
+    age_ts/outlier/destinations (an event_id key is covered). CanonicalJSONError if not
+    encodable."""
     return encode_base64(_sha256({k: v for k, v in event.items() if k not in _NOT_HASHED}))
 
 
@@ -180,7 +214,8 @@ def room_id_from_create(create_event: dict, rv: RoomVersion) -> str:
 
 def sign_event(event: dict, server_name: str, key: SigningKey, rv: RoomVersion) -> dict:
     """Set hashes.sha256, sign the redacted event and merge the signatures back into
-    `event` (mutated and returned). Any event_id key is ignored and left as is."""
+    `event` (mutated and returned). Pass the wire event: an event_id key would be hashed
+    (not signed) and left as is."""
     hashes = event.get("hashes")
     event["hashes"] = dict(hashes if isinstance(hashes, dict) else {},
                            sha256=compute_content_hash(event))
@@ -194,15 +229,16 @@ def sign_event(event: dict, server_name: str, key: SigningKey, rv: RoomVersion) 
 
 def _server_or_unsatisfiable(user_id) -> str:
     """The server of a user ID, or "" (no such server, so no signature can satisfy it)."""
-    return server_of(user_id) if is_valid_user_id(user_id) else ""
+    return server_of(user_id) if is_valid_federation_user_id(user_id) else ""
 
 
 def event_signature_servers(event: dict, rv: RoomVersion) -> set[str]:
     """Servers that must have signed the event (§5.5).
 
     The sender's server, except for invites carrying content.third_party_invite; plus, for
-    joins carrying content.join_authorised_via_users_server, that user's server. An invalid
-    user ID yields "" so that the requirement can never be met.
+    any m.room.member event carrying content.join_authorised_via_users_server (auth rule
+    4.3 of v8+: whatever its membership), that user's server. An invalid user ID yields ""
+    so that the requirement can never be met.
     """
     content = event.get("content")
     content = content if isinstance(content, dict) else {}
@@ -211,8 +247,7 @@ def event_signature_servers(event: dict, rv: RoomVersion) -> set[str]:
     servers = set()
     if not (is_member and membership == "invite" and "third_party_invite" in content):
         servers.add(_server_or_unsatisfiable(event.get("sender")))
-    if (is_member and membership == "join" and rv.restricted
-            and "join_authorised_via_users_server" in content):
+    if is_member and rv.restricted and "join_authorised_via_users_server" in content:
         servers.add(_server_or_unsatisfiable(content["join_authorised_via_users_server"]))
     return servers
 
@@ -262,7 +297,7 @@ def _check_id_list(event: dict, field: str, limit: int) -> None:
 def _check_required(event: dict) -> None:
     if not isinstance(event.get("type"), str):
         _fail("type must be a string")
-    if not is_valid_user_id(event.get("sender")):
+    if not is_valid_federation_user_id(event.get("sender")):
         _fail("sender must be a valid user ID")
     if not _is_int(event.get("origin_server_ts")):
         _fail("origin_server_ts must be an integer")

@@ -23,8 +23,8 @@ import time
 import uuid
 
 import aiohttp
-import orjson
 
+from shared.canonical import dumps
 from shared.errors import MatrixError
 
 log = logging.getLogger("fedstack.messaging.delivery")
@@ -168,7 +168,7 @@ class Delivery:
 
     async def _post_until_acknowledged(self, sub: dict, events: list, last: int,
                                        edus: list = ()) -> None:
-        body = orjson.dumps({"subscription_id": sub["subscription_id"], "events": events,
+        body = dumps({"subscription_id": sub["subscription_id"], "events": events,
                              "edus": list(edus), "position": last})
         delay = RETRY_MIN_S
         while True:

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from shared.events import is_valid_federation_user_id
+
 from shared.crypto import verify_json_signature, verify_key_from_base64
 
 __all__ = [
@@ -123,13 +125,9 @@ def _domain(identifier: Any) -> str | None:
 
 
 def is_valid_user_id(user_id: Any) -> bool:
-    """Basic user ID grammar: ``@localpart:server``, at most 255 bytes."""
-    if not isinstance(user_id, str) or not user_id.startswith("@"):
-        return False
-    local, sep, server = user_id[1:].partition(":")
-    if not sep or not local or not server:
-        return False
-    return len(user_id.encode("utf-8")) <= 255
+    """A user ID as received over federation (historical grammar included: any localpart
+    but ':' and NUL, possibly empty) with a valid server name, at most 255 bytes."""
+    return is_valid_federation_user_id(user_id)
 
 
 def _content(event: Mapping | None) -> dict:

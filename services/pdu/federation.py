@@ -22,7 +22,7 @@ from services.pdu.rooms import create_event_of, joined_servers
 from services.pdu.state import load_auth_closure, resolve
 from services.pdu.storage import wire
 from shared.errors import MatrixError
-from shared.events import (EventFormatError, compute_event_id, is_valid_user_id, server_of,
+from shared.events import (EventFormatError, compute_event_id, is_valid_federation_user_id, server_of,
                            sign_event, validate_event_format)
 from shared.room_versions import KNOWN_ROOM_VERSIONS, get_room_version
 
@@ -153,7 +153,7 @@ class FederationHandler:
     # -- membership --------------------------------------------------------------------
     async def make_membership(self, origin: str, room_id: str, user_id: str, membership: str,
                               versions: list[str] | None) -> dict:
-        if not is_valid_user_id(user_id):
+        if not is_valid_federation_user_id(user_id):
             raise MatrixError(400, "M_INVALID_PARAM", "invalid user ID")
         if server_of(user_id) != origin:
             raise _forbidden("User is not on the requesting server")

@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 from services.pdu.authrules import AuthError, check_auth, check_auth_events_list
 from services.pdu.keyring import SignatureFailed
-from services.pdu.redaction import redaction_update, redacts_target
+from services.pdu.redaction import pending_redaction, redaction_update, redacts_target
 from services.pdu.rooms import create_event_of
 from services.pdu.state import resolve, state_spec
 from services.pdu.storage import wire
@@ -284,6 +284,9 @@ class InboundHandler:
         if target is None:
             return
         rec = (await self.storage.records([target])).get(target)
+        if rec is None:   # not here yet: applied when it is stored
+            req["pending_redactions"] = [pending_redaction(ev, target, state_events, rv, create)]
+            return
         update = redaction_update(ev, rec, state_events, rv, create)
         if update:
             req["redactions"] = [update]

@@ -20,7 +20,8 @@ from services.pdu.state import state_spec
 from services.pdu.storage import wire
 from shared.canonical import CanonicalJSONError
 from shared.errors import MatrixError
-from shared.events import EventFormatError, is_valid_user_id, server_of, validate_event_format
+from shared.events import (EventFormatError, is_valid_federation_user_id, is_valid_user_id, server_of,
+                           validate_event_format)
 from shared.room_versions import get_room_version
 
 CAS_RETRIES = 20
@@ -28,8 +29,15 @@ MAX_GROUP = 50
 
 
 def is_local_user(user_id: str, server_name: str) -> bool:
-    return (isinstance(user_id, str) and user_id.startswith("@") and ":" in user_id
-            and server_of(user_id) == server_name)
+    """A user of ours, on the grammar of the user IDs we create (never a historical one)."""
+    return is_valid_user_id(user_id) and server_of(user_id) == server_name
+
+
+def is_valid_member(user_id, server_name: str) -> bool:
+    """A membership target: any user ID of the federation grammar, but one of ours only
+    on the grammar of the user IDs we create."""
+    return is_valid_federation_user_id(user_id) and (
+        server_of(user_id) != server_name or is_valid_user_id(user_id))
 
 
 async def joined_servers(storage, state: dict) -> set[str]:
@@ -227,7 +235,7 @@ class RoomHandler:
         the group's persist request; raises 400 if the event would not be a valid PDU
         (floats, out-of-range integers, too big...), 403 if refused, leaving `ctx` as it was."""
         rv, room_id = ctx["rv"], ctx["room"]["room_id"]
-        if type_ == "m.room.member" and not is_valid_user_id(state_key):
+        if type_ == "m.room.member" and not is_valid_member(state_key, self.server_name):
             raise MatrixError(400, "M_INVALID_PARAM", "a membership's state_key must be a user ID")
         extra = None
         if type_ == "m.room.redaction" and not rv.redaction_v11:

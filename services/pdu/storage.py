@@ -133,7 +133,8 @@ class Storage:
     async def _flush(self, pending) -> dict | None:
         if not pending.reqs:
             return None
-        merged = {"events": [], "rooms": [], "destinations": {}, "inbox_ids": [], "redactions": []}
+        merged = {"events": [], "rooms": [], "destinations": {}, "inbox_ids": [], "redactions": [],
+                  "pending_redactions": []}
         rooms: dict[str, dict] = {}
         for req in pending.reqs:
             for ev in req.get("events", []):
@@ -147,12 +148,15 @@ class Storage:
             merged["destinations"].update(req.get("destinations") or {})
             merged["inbox_ids"] += list(req.get("inbox_ids") or [])
             merged["redactions"] += list(req.get("redactions") or [])
+            merged["pending_redactions"] += list(req.get("pending_redactions") or [])
         merged["rooms"] = list(rooms.values())
         res = await self.tx.persist(merged)
         for eid in pending.events:
             rec = self._records.get(eid)
             sg = res["events"].get(eid, {}).get("state_group")
-            if rec is not None and sg is not None:
+            if res["events"].get(eid, {}).get("redacted"):   # a pending redaction applied
+                self.forget(eid)
+            elif rec is not None and sg is not None:
                 self._records.put(eid, dict(rec, state_group=sg, stream=res["events"][eid].get("stream")))
             elif rec is not None:
                 self.forget(eid)
@@ -203,7 +207,9 @@ class Storage:
                 self._rooms.put(room_id, info)
         for ev in req.get("events", []):
             out = res["events"].get(ev["event_id"], {})
-            if out.get("new") and not ev.get("outlier"):
+            if out.get("redacted"):   # a pending redaction applied in the same commit
+                self.forget(ev["event_id"])
+            elif out.get("new") and not ev.get("outlier"):
                 self.remember({"event_id": ev["event_id"], "room_id": ev["room_id"],
                                "event": ev["event"], "outlier": False,
                                "rejected": ev.get("rejected"),

@@ -61,6 +61,10 @@ CREATE INDEX IF NOT EXISTS outbox_dest ON outbox (destination, id);
 CREATE TABLE IF NOT EXISTS destinations (
     destination TEXT PRIMARY KEY, retry_at FLOAT NOT NULL DEFAULT 0.0,
     retry_interval FLOAT NOT NULL DEFAULT 0.0, failures INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS pending_redactions (   -- accepted redactions awaiting their target
+    target TEXT NOT NULL, redaction_id TEXT NOT NULL, room_id TEXT NOT NULL,
+    scope TEXT,                              -- NULL: any sender's event; else that server's
+    PRIMARY KEY (target, redaction_id));
 CREATE TABLE IF NOT EXISTS client_txns (
     sender TEXT NOT NULL, txn_id TEXT NOT NULL, event_id TEXT NOT NULL,
     PRIMARY KEY (sender, txn_id));

@@ -13,6 +13,8 @@ import orjson
 
 from shared.canonical import dumps   # any integer a remote sent, unlike orjson
 from shared.errors import MatrixError
+from shared.events import redacted_form, server_of
+from shared.room_versions import get_room_version
 
 MAX_CHAIN = 64
 
@@ -124,11 +126,51 @@ def persist(conn, req: dict) -> dict:
     for red in req.get("redactions", []):
         conn.execute("UPDATE events SET json = ? WHERE event_id = ?",
                      (dumps(red["event"]), red["event_id"]))
+    _add_pending_redactions(conn, req.get("pending_redactions") or [])
+    if new_ids:
+        for eid in _apply_pending_redactions(conn, new_ids):
+            out[eid]["redacted"] = True
     dests = {eid: d for eid, d in req.get("destinations", {}).items() if eid in new_ids}
     enqueue_pdus(conn, dests)
     delete_inbox(conn, req.get("inbox_ids", []))
     touched = {r["room_id"]: get_room(conn, r["room_id"]) for r in req.get("rooms", [])}
     return {"events": out, "client_txn_event_id": None, "rooms": touched}
+
+
+def _add_pending_redactions(conn, pending: list[dict]) -> None:
+    if pending:
+        conn.executemany("INSERT OR IGNORE INTO pending_redactions (target, redaction_id, room_id, scope)"
+                         " VALUES (?, ?, ?, ?)",
+                         [(p["target"], p["redaction_id"], p["room_id"], p.get("scope")) for p in pending])
+
+
+def _apply_pending_redactions(conn, new_ids: set) -> list[str]:
+    """Apply the pending redactions of events this commit stored (see PersistRequest);
+    returns the ids redacted. Rows whose target arrived are consumed either way."""
+    ids = list(new_ids)
+    rows = []
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        rows += conn.execute("SELECT p.target, p.room_id, p.scope, e.json FROM pending_redactions p"
+                             " JOIN events e ON e.event_id = p.redaction_id"
+                             f" WHERE p.target IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+    redacted = []
+    for target, room_id, scope, redaction_json in rows:
+        row = conn.execute("SELECT room_id, json FROM events WHERE event_id = ?", (target,)).fetchone()
+        room = get_room(conn, room_id)
+        if row is None or row[0] != room_id or room is None or target in redacted:
+            continue
+        event = orjson.loads(row[1])
+        sender = event.get("sender")
+        if scope is not None and not (isinstance(sender, str) and ":" in sender
+                                      and server_of(sender) == scope):
+            continue
+        form = redacted_form(event, orjson.loads(redaction_json), get_room_version(room["room_version"]))
+        conn.execute("UPDATE events SET json = ? WHERE event_id = ?", (dumps(form), target))
+        redacted.append(target)
+    if rows:
+        conn.executemany("DELETE FROM pending_redactions WHERE target = ?", [(r[0],) for r in rows])
+    return redacted
 
 
 def _maybe_upgrade_outlier(conn, ev: dict, gid: int | None) -> bool:

@@ -25,7 +25,6 @@ import asyncio
 import time
 from contextlib import asynccontextmanager
 
-import orjson
 from fastapi import Query, Request
 from starlette.responses import Response
 
@@ -34,6 +33,7 @@ from services.transport.keys import KeyStore, load_old_keys, our_key_response
 from services.transport.outbound import FederationClient
 from services.transport.ratelimit import RateLimiter
 from services.transport.routes import wellknown
+from shared.canonical import dumps
 from shared.contracts import pdu as pdu_c
 from shared.contracts import transport as c
 from shared.contracts.transaction import TransactionClient
@@ -137,7 +137,7 @@ class TransportService:
 
 
 def _passthrough(status: int, body) -> Response:
-    return Response(orjson.dumps(body if body is not None else {}), status_code=status,
+    return Response(dumps(body if body is not None else {}), status_code=status,
                     media_type="application/json")
 
 

@@ -40,6 +40,7 @@ from services.transport.addresses import AddressPolicy
 from services.transport.discovery import Discovery, DiscoveryFailed, Route
 from services.transport.dns_lookup import DnsLookup, LookupFailed
 from services.transport.servername import InvalidServerName, is_ip_literal
+from shared.canonical import dumps
 from shared.crypto import SigningKey
 from shared.tls import client_context
 from shared.xmatrix import sign_request
@@ -113,7 +114,7 @@ class FederationClient:
             headers = {}
             content = None
             if body is not None:
-                content = orjson.dumps(body)
+                content = dumps(body)   # orjson, or deeper than its 254 levels
                 headers["content-type"] = "application/json"
             if sign:
                 headers["authorization"] = sign_request(method, uri, self.server_name, destination,

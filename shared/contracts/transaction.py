@@ -73,6 +73,10 @@ class PersistRequest(BaseModel):
     client_txn: dict | None = None              # {sender, txn_id, event_id}
     client_txns: list[dict] = []                # several; if any exists nothing is written
     redactions: list[dict] = []                 # [{event_id, event}]: stored form replaced
+    # [{target, room_id, redaction_id, scope}]: a redaction (stored by now) of an event not
+    # stored yet; applied when the target is stored, if it is of room_id and (scope not
+    # null) sent from the server `scope`; the answer marks that event "redacted": true
+    pending_redactions: list[dict] = []
 
 
 class PersistResponse(BaseModel):

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared.canonical import CanonicalJSONError
-from shared.events import compute_content_hash, sign_event
+from shared.events import MAX_NESTING, compute_content_hash, sign_event
 from tests.hostile.conftest import joined_room, sentinel, subscribe, wait_delivered
 
 MAX = 2**53 - 1
@@ -167,3 +167,31 @@ async def test_arbitrary_signed_pdus_never_stop_the_inbox(hs, remote, version, d
     good, good_ev = froom.message("creator", "sentinel")
     assert (await remote.send_transaction(hs, [good_ev])).status_code == 200
     await wait_delivered(hs, sid, good)
+
+
+# --------------------------------------------------------------------------- nesting
+
+def nested(depth: int):
+    """A JSON value of `depth` levels of objects and arrays (1 = a flat object)."""
+    v: object = {"leaf": "x"}
+    for i in range(depth - 1):
+        v = [v] if i % 2 else {"n": v}
+    return v
+
+
+@pytest.mark.parametrize("depth", [150, 300, MAX_NESTING - 2])
+async def test_deeply_nested_event_is_accepted_and_served(world, hs, remote, depth):
+    """The spec sets no nesting limit: an event within 64 KiB is not dropped for depth
+    alone (issue #12 item 7), and what we accepted we can store, deliver and serve."""
+    room, froom = await joined_room(hs, remote)
+    sid = await subscribe(hs, room)
+    eid, ev = froom.message("fred", "deep", add=False)
+    ev = dict(ev, content={"msgtype": "m.text", "body": "deep", "deep": nested(depth)})
+    _eid, ev = froom.build("fred", "m.room.message", ev["content"])
+    r = await remote.send_transaction(hs, [ev])
+    assert r.status_code == 200, r.text
+    assert r.json()["pdus"] == {_eid: {}}
+    await wait_delivered(hs, sid, _eid)
+    got = await remote.request(hs, "GET", f"/_matrix/federation/v1/event/{_eid}")
+    assert got.status_code == 200, got.text
+    assert got.json()["pdus"][0]["content"]["deep"] == nested(depth)

@@ -162,7 +162,8 @@ def test_create_additional_creators_valid_allowed_v12():
     check_auth(e, {}, "12")
 
 
-@pytest.mark.parametrize("bad", ["@bob:b.example", ["not-a-user"], [1], [BOB, "bob"]])
+@pytest.mark.parametrize("bad", ["@bob:b.example", ["not-a-user"], [1], [BOB, "bob"],
+                                 ["@bob:exa mple.org"], ["@bob:"], ["@b\x00ob:b.example"]])
 def test_create_additional_creators_invalid_refused_v12(bad):
     e = _create("12")
     e["content"]["additional_creators"] = bad
@@ -1083,3 +1084,34 @@ def test_third_party_invite_auth_events_may_cite_the_token_event(rv):
     e["auth_events"] = [a["event_id"] for a in auth]
     check_auth_events_list(e, auth, rv, r.create)
     check_auth(e, {(a["type"], a["state_key"]): a for a in auth}, rv, r.create)
+
+
+# ================================================== historical user IDs (issue #12.2, #12.8)
+
+@pytest.mark.parametrize("uid", ["@élodie:b.example", "@john doe:b.example", "@:b.example"])
+def test_additional_creators_may_be_historical_user_ids_v12(uid):
+    e = _create("12")
+    e["content"]["additional_creators"] = [uid]
+    check_auth(e, {}, "12")
+
+
+@all_versions
+@pytest.mark.parametrize("uid", ["@élodie:b.example", "@john doe:b.example", "@:b.example"])
+def test_power_levels_naming_historical_user_ids_allowed(rv, uid):
+    r = Room(rv)
+    users = dict(r.default_pl()["users"], **{uid: 10})
+    r.allowed(r.pl(ALICE, users=users))
+
+
+@all_versions
+@pytest.mark.parametrize("uid", ["@bob:exa mple.org", "@bob", "bob:b.example", "@a\x00:b.example"])
+def test_power_levels_naming_invalid_user_ids_refused(rv, uid):
+    r = Room(rv)
+    users = dict(r.default_pl()["users"], **{uid: 10})
+    r.refused(r.pl(ALICE, users=users), match="valid user ID")
+
+
+@all_versions
+def test_historical_sender_joins_a_public_room(rv):
+    r = Room(rv)
+    r.allowed(r.member("@élodie:d.example", "join"))

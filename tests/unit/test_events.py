@@ -8,7 +8,7 @@ import pytest
 from shared.crypto import SigningKey
 from shared.events import (EventFormatError, check_content_hash, compute_content_hash,
                            compute_event_id, compute_reference_hash, event_signature_servers,
-                           is_valid_server_name, is_valid_user_id, redact, room_id_from_create,
+                           is_valid_federation_user_id, is_valid_server_name, is_valid_user_id, redact, room_id_from_create,
                            sender_server, server_of, sign_event, validate_event_format,
                            verify_event_signature)
 from shared.room_versions import (DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS, RoomVersion,
@@ -92,8 +92,14 @@ def test_spec_event_vector(rv, sig):
 
 def test_spec_vector_content_hash():
     assert compute_content_hash(SPEC_EVENT) == SPEC_HASH
-    assert compute_content_hash(dict(SPEC_EVENT, event_id="$x", age_ts=1, outlier=True,
-                                     destinations=["a"])) == SPEC_HASH
+    assert compute_content_hash(dict(SPEC_EVENT, age_ts=1, outlier=True,
+                                     destinations=["a"], unsigned={"age": 1})) == SPEC_HASH
+    # only unsigned, signatures, hashes and the legacy keys are left out: an event_id key
+    # is covered like any other (as Synapse computes it), so a sender that put one in
+    # its event and hashed it is checked against the same bytes
+    with_id = dict(SPEC_EVENT, event_id="$x")
+    assert compute_content_hash(with_id) != SPEC_HASH
+    assert check_content_hash(dict(with_id, hashes={"sha256": compute_content_hash(with_id)}))
 
 
 # --------------------------------------------------------------------------- ids round trip
@@ -107,9 +113,9 @@ def test_event_id_round_trip(rv):
     # event_id, unsigned and signatures do not change the ID
     assert compute_event_id(dict(e, event_id="$whatever", unsigned={"age": 1}), rv) == eid
     assert compute_event_id(dict(e, signatures={}), rv) == eid
-    # an event_id key is ignored for the signature and hash too
+    # an event_id key is ignored for the signature, not for the content hash
     with_id = dict(e, event_id=eid)
-    assert verify_event_signature(with_id, rv, "domain", VKEYS) and check_content_hash(with_id)
+    assert verify_event_signature(with_id, rv, "domain", VKEYS) and not check_content_hash(with_id)
     # redaction keeps the ID and the signature but breaks the content hash
     r = redact(e, rv)
     assert compute_event_id(r, rv) == eid
@@ -276,11 +282,24 @@ def test_redaction_content_table(etype, v10, v11):
     assert redact(event, V12)["content"] == v11
 
 
-def test_redaction_v11_third_party_invite_without_signed_is_dropped():
+def test_redaction_v11_third_party_invite_without_signed_is_kept_empty():
+    """As Synapse prunes it: an object third_party_invite stays, holding only `signed`
+    (so `{}` without one); a non-object one goes. v10 keeps none of it."""
     e = {"type": "m.room.member", "content": {"membership": "invite", "third_party_invite": {"x": 1}}}
-    assert redact(e, V11)["content"] == {"membership": "invite"}
+    assert redact(e, V11)["content"] == {"membership": "invite", "third_party_invite": {}}
+    assert redact(e, V12)["content"] == {"membership": "invite", "third_party_invite": {}}
+    assert redact(e, V10)["content"] == {"membership": "invite"}
     e["content"]["third_party_invite"] = "junk"
     assert redact(e, V11)["content"] == {"membership": "invite"}
+
+
+def test_event_id_of_a_member_event_with_third_party_invite_without_signed():
+    """The reference hash (so the event ID) covers the kept `{}`: without it our ID of
+    such an event differs from every other server's."""
+    base = ev(V11, type="m.room.member", state_key="@a:d", content={"membership": "invite"})
+    with_tpi = dict(base, content={"membership": "invite", "third_party_invite": {"x": 1}})
+    assert compute_event_id(with_tpi, V11) != compute_event_id(base, V11)
+    assert compute_event_id(with_tpi, V10) == compute_event_id(base, V10)
 
 
 def test_redact_returns_deep_copy():
@@ -311,9 +330,15 @@ def test_redact_tolerates_non_object_content():
     (ev(V11, type="m.room.member", state_key="@alice:domain",
         content={"membership": "join", "join_authorised_via_users_server": "@mod:resident.org"}),
      {"domain", "resident.org"}),
+    # any membership naming an authorising user needs that server's signature (#12.10)
     (ev(V11, type="m.room.member", state_key="@alice:domain",
         content={"membership": "leave", "join_authorised_via_users_server": "@mod:resident.org"}),
-     {"domain"}),
+     {"domain", "resident.org"}),
+    (ev(V11, type="m.room.member", state_key="@alice:domain",
+        content={"membership": "invite", "join_authorised_via_users_server": "@mod:resident.org"}),
+     {"domain", "resident.org"}),
+    # historical user IDs are users like any other (#12.2)
+    (ev(V11, sender="@john doe:other.example"), {"other.example"}),
     (ev(V11, type="m.room.member", state_key="@alice:domain",
         content={"membership": "join", "join_authorised_via_users_server": "garbage"}),
      {"domain", ""}),
@@ -339,6 +364,27 @@ def test_valid_server_names(name):
                                   "a" * 256, "é.org", None, 5, "example.org:8448:1"])
 def test_invalid_server_names(name):
     assert not is_valid_server_name(name)
+
+
+@pytest.mark.parametrize("uid", ["@élodie:example.org", "@john doe:example.org", "@:example.org",
+                                 "@a@b:example.org", "@\U0001f600:[::1]:8448", "@ALICE:example.org"])
+def test_historical_user_ids_are_valid_over_federation(uid):
+    """Spec appendix: servers MUST accept these over federation; we never create them."""
+    assert is_valid_federation_user_id(uid)
+    ascii_printable = uid[1:].split(":")[0] and all(0x21 <= ord(c) <= 0x7E for c in uid.split(":")[0])
+    assert is_valid_user_id(uid) == bool(ascii_printable)
+
+
+@pytest.mark.parametrize("uid", ["@a\x00b:example.org", "@a:exa mple.org", "@a", "a:example.org",
+                                 "@\ud800:example.org", "@" + "a" * 250 + ":example.org", None, 7,
+                                 "@bob:", "@bob:example.org:99999999"])
+def test_invalid_federation_user_ids(uid):
+    assert not is_valid_federation_user_id(uid)
+
+
+def test_events_of_historical_senders_have_the_format():
+    for sender in ("@élodie:domain", "@john doe:domain", "@:domain"):
+        validate_event_format(sign_event(ev(V11, sender=sender), "domain", KEY, V11), V11)
 
 
 def test_user_ids_and_server_of():
