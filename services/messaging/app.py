@@ -12,7 +12,9 @@ from contextlib import asynccontextmanager
 from fastapi import Query, Request
 
 from services.messaging.delivery import Delivery
+from services.messaging.devices import Devices
 from services.messaging.ephemeral import Ephemeral
+from services.messaging.routes import devices as devices_routes
 from services.messaging.routes import ephemeral as ephemeral_routes
 from shared.contracts import messaging as c
 from shared.contracts.pdu import Backfill, BackfillResponse, PduClient
@@ -31,6 +33,7 @@ class MessagingService:
         owner = f"{socket.gethostname()}:{settings.port}" if settings.port else None
         self.delivery = Delivery(self.tx, http=callback_http, owner=owner)
         self.ephemeral = Ephemeral(self.pdu, self.tx, settings.server_name)
+        self.devices = Devices(self.pdu, self.tx, settings.server_name)
 
     async def stop(self):
         await self.delivery.stop()
@@ -128,5 +131,6 @@ def create_app(settings: Settings, **clients):
         return {}
 
     app.include_router(ephemeral_routes.router)
+    app.include_router(devices_routes.router)
     serve_lean(app, send, send_batch)   # the per-event routes
     return app

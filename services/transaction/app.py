@@ -24,6 +24,7 @@ from services.transaction.db import Database
 from services.transaction.edu_checks import EduChecker
 from services.transaction.inbound import InboundTransactions
 from services.transaction.room_servers import RoomServers
+from services.transaction.routes import devices as devices_routes
 from services.transaction.routes import edus as edus_routes
 from services.transaction.routes import rooms as rooms_routes
 from services.transaction.relay import Relay
@@ -286,6 +287,7 @@ def create_app(settings: Settings, **clients):
 
     app.include_router(edus_routes.router)
     app.include_router(rooms_routes.router)
+    app.include_router(devices_routes.router)
     serve_lean(app, inbound, persist, get_events, stream)   # the per-event routes
     return app
 

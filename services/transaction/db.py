@@ -79,6 +79,17 @@ CREATE INDEX IF NOT EXISTS edu_stream_room ON edu_stream (room_id, stream);
 CREATE TABLE IF NOT EXISTS edu_seen (     -- EDUs that must not be delivered twice
     origin TEXT NOT NULL, edu_type TEXT NOT NULL, dedup TEXT NOT NULL, ts BIGINT NOT NULL,
     PRIMARY KEY (origin, edu_type, dedup));
+CREATE TABLE IF NOT EXISTS devices (      -- our users' devices, as the homeserver gave them
+    user_id TEXT NOT NULL, device_id TEXT NOT NULL, display_name TEXT, keys BLOB,
+    PRIMARY KEY (user_id, device_id));
+CREATE TABLE IF NOT EXISTS device_streams (  -- per user: stream_id of its last device change
+    user_id TEXT PRIMARY KEY, stream_id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS cross_signing_keys (
+    user_id TEXT NOT NULL, key_type TEXT NOT NULL, key BLOB NOT NULL,
+    PRIMARY KEY (user_id, key_type));
+CREATE TABLE IF NOT EXISTS one_time_keys (   -- key_id is "algorithm:id"
+    user_id TEXT NOT NULL, device_id TEXT NOT NULL, key_id TEXT NOT NULL, key BLOB NOT NULL,
+    PRIMARY KEY (user_id, device_id, key_id));
 """
 
 

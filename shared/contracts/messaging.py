@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from shared.contracts import devices as devices_contract
 from shared.contracts import pdu as pdu_contract
 from shared.internal import InternalClient
 
@@ -27,6 +28,11 @@ TYPING = "/v1/rooms/{room_id}/typing"
 RECEIPTS = "/v1/rooms/{room_id}/receipts"
 PRESENCE = "/v1/presence/{user_id}"
 TO_DEVICE = "/v1/to_device"
+DEVICE = "/v1/users/{user_id}/devices/{device_id}"
+ONE_TIME_KEYS = "/v1/users/{user_id}/devices/{device_id}/one_time_keys"
+CROSS_SIGNING = "/v1/users/{user_id}/cross_signing"
+KEYS_QUERY = "/v1/keys/query"
+KEYS_CLAIM = "/v1/keys/claim"
 
 
 # The domain API takes the same shapes the pdu service does (messaging forwards them):
@@ -98,6 +104,30 @@ class EphemeralResponse(BaseModel):
     """The servers the EDU was queued for (none: nobody else to tell)."""
     destinations: list[str]
     message_id: str | None = None       # to-device: the id the messages were sent under
+
+
+class DeviceRequest(BaseModel):
+    """A device of one of our users: added, or its given fields changed. Every server
+    sharing a room with the user gets an m.device_list_update (stream_id, prev_id)."""
+    display_name: str | None = None
+    keys: dict | None = None            # the device keys (user_id, device_id, algorithms, keys, signatures)
+
+
+class CrossSigningRequest(BaseModel):
+    """Cross-signing keys of one of our users; the master and self-signing keys go to
+    every server sharing a room with the user (m.signing_key_update)."""
+    master_key: dict | None = None
+    self_signing_key: dict | None = None
+    user_signing_key: dict | None = None     # kept here, never sent to other servers
+
+
+OneTimeKeysRequest = devices_contract.OneTimeKeysIn
+OneTimeKeyCounts = devices_contract.OneTimeKeyCounts
+DeviceChange = devices_contract.DeviceChange
+KeysQueryRequest = devices_contract.KeysQuery          # any server's users
+KeysQueryResponse = devices_contract.KeysQueryResponse
+KeysClaimRequest = devices_contract.KeysClaim
+KeysClaimResponse = devices_contract.KeysClaimResponse
 
 
 class CallbackBody(BaseModel):
@@ -189,3 +219,23 @@ class MessagingClient(InternalClient):
         if message_id is not None:
             body["message_id"] = message_id
         return await self.call("POST", TO_DEVICE, body)
+
+    async def put_device(self, user_id, device_id, display_name=None, keys=None) -> dict:
+        body = {k: v for k, v in (("display_name", display_name), ("keys", keys)) if v is not None}
+        return await self.call("PUT", DEVICE.format(user_id=user_id, device_id=device_id), body)
+
+    async def delete_device(self, user_id, device_id) -> dict:
+        return await self.call("DELETE", DEVICE.format(user_id=user_id, device_id=device_id))
+
+    async def put_cross_signing(self, user_id, **keys) -> dict:
+        return await self.call("PUT", CROSS_SIGNING.format(user_id=user_id), keys)
+
+    async def upload_one_time_keys(self, user_id, device_id, keys: dict) -> dict:
+        return await self.call("POST", ONE_TIME_KEYS.format(user_id=user_id, device_id=device_id),
+                               {"one_time_keys": keys})
+
+    async def query_keys(self, device_keys: dict) -> dict:
+        return await self.call("POST", KEYS_QUERY, {"device_keys": device_keys})
+
+    async def claim_keys(self, one_time_keys: dict) -> dict:
+        return await self.call("POST", KEYS_CLAIM, {"one_time_keys": one_time_keys})

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel
 
-from shared.internal import InternalClient
+from shared.contracts.devices import DevicesClient
 
 PREFIX = "/_internal/transaction/v1"
 INBOUND = PREFIX + "/inbound/{origin}/{txn_id}"
@@ -141,8 +141,9 @@ class Subscription(SubscriptionIn):
     position: int
 
 
-class TransactionClient(InternalClient):
-    """Typed client; methods return plain dicts (hot paths avoid pydantic round trips)."""
+class TransactionClient(DevicesClient):
+    """Typed client; methods return plain dicts (hot paths avoid pydantic round trips).
+    The device and key routes' methods come from DevicesClient (shared/contracts/devices.py)."""
 
     async def inbound_transaction(self, origin: str, txn_id: str, body: dict) -> tuple[int, Any]:
         # Percent-encoded: a txn_id holding '?', '#' or '%' must reach the service unchanged.

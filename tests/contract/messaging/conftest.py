@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from services.messaging.app import create_app
+from shared.contracts import devices as dev_c
 from shared.contracts import pdu as pdu_c
 from shared.contracts import transaction as tx_c
 from shared.contracts.pdu import PduClient
@@ -114,6 +115,34 @@ class FakeTransaction:
         self._new = asyncio.Event()
         self.app = fake_internal_app("fake-transaction")
         app = self.app
+
+        self.device_calls: list[tuple[str, dict, object]] = []   # (route name, path params, body)
+        self.device_answers: dict[str, tuple[int, object]] = {}
+        self.federation: dict[str, dict] = {}         # destination -> FederationResponse
+        self.federation_calls: list[dict] = []
+
+        def device_route(name, method, path):
+            async def handler(request: Request):
+                raw = await request.body()
+                body = orjson.loads(raw) if raw else None
+                self.device_calls.append((name, dict(request.path_params), body))
+                status, answer = self.device_answers.get(name, (200, {}))
+                return Response(orjson.dumps(answer), status, media_type="application/json")
+            app.add_api_route(path, handler, methods=[method], name=f"fake_{name}")
+        for name, method, path in (("put_device", "PUT", dev_c.DEVICE),
+                                   ("delete_device", "DELETE", dev_c.DEVICE),
+                                   ("cross_signing", "PUT", dev_c.CROSS_SIGNING),
+                                   ("one_time_keys", "POST", dev_c.ONE_TIME_KEYS),
+                                   ("keys_query", "POST", dev_c.KEYS_QUERY),
+                                   ("keys_claim", "POST", dev_c.KEYS_CLAIM)):
+            device_route(name, method, path)
+
+        @app.post(tx_c.FEDERATION_REQUEST)
+        async def federation_request(request: Request):
+            body = orjson.loads(await request.body())
+            self.federation_calls.append(body)
+            return self.federation.get(body["destination"],
+                                       {"status": 0, "body": None, "error": "unreachable (fake)"})
 
         @app.post(tx_c.EDUS)
         async def queue_edus(request: Request):

@@ -38,6 +38,7 @@ def marker(pdu: dict):
 class FakeTransport:
     def __init__(self):
         self.sends: list[dict] = []            # every /send attempt, in order
+        self.edu_sends: list[dict] = []        # accepted /send with EDUs: {destination, edus}
         self.in_flight: dict[str, int] = defaultdict(int)
         self.max_in_flight: dict[str, int] = defaultdict(int)
         self.delay = 0.005                     # widens the window for overlapping sends
@@ -71,6 +72,8 @@ class FakeTransport:
                                "event_ids": [marker(p) for p in body.get("pdus", [])],
                                "n_pdus": len(body.get("pdus", [])),
                                "n_edus": len(body.get("edus", []))})
+            if status == 200 and body.get("edus"):
+                self.edu_sends.append({"destination": dest, "edus": body["edus"]})
             if status == 0:
                 return {"status": 0, "body": None, "error": "connection refused (fake)"}
             refusal = {"errcode": "M_UNKNOWN", "error": "fake refusal"}
