@@ -1,7 +1,8 @@
 """The `fedstack` command.
 
 - `fedstack up --server-name NAME --data-dir DIR --port P --api-port A` starts one whole
-  homeserver as four uvicorn processes on loopback and stops them on Ctrl-C / SIGTERM.
+  homeserver as four uvicorn processes on loopback, restarts any that exits (see
+  fedstack/supervisor.py) and stops them on Ctrl-C / SIGTERM.
   First start creates the signing key, the TLS certificate and the internal secret in DIR;
   later starts reuse them (and the database), so a homeserver resumes where it stopped.
 - `fedstack serve SERVICE` runs one service from `FEDSTACK_*` environment settings (compose).
@@ -231,6 +232,16 @@ class Homeserver:
                     raise RuntimeError(f"{service} did not become healthy on {url}")
                 time.sleep(0.05)
 
+    def is_healthy(self, instance: str, timeout: float = 0.5) -> bool:
+        """One look at the process's /health (stdlib client: no wait, no retry)."""
+        import urllib.request
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.ports[instance]}/health",
+                                        timeout=timeout) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
     def start(self) -> None:
         """Start every process; if one does not come up, stop them all and raise."""
         try:
@@ -344,21 +355,24 @@ def main(argv=None) -> int:
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     signal.signal(signal.SIGHUP, lambda *_: hs.signal_service("transport", signal.SIGHUP))
+    from fedstack.supervisor import Supervisor
+    status = 0
     try:
         hs.start()
         print(hs.describe(), flush=True)
+        supervisor = Supervisor(hs)
         while not stopping:
-            for name, proc in list(hs.procs.items()):
-                if proc.poll() is not None:
-                    print(f"{name} exited with {proc.returncode}; stopping", file=sys.stderr)
-                    stopping.append(1)
+            supervisor.step()
             time.sleep(0.2)
     except KeyboardInterrupt:
         pass
+    except RuntimeError as exc:   # a process that cannot start at all
+        print(f"fedstack up: {exc}; stopping", file=sys.stderr, flush=True)
+        status = 1
     finally:
         hs.stop()
         print("stopped", flush=True)
-    return 0
+    return status
 
 
 if __name__ == "__main__":
