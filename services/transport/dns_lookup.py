@@ -121,9 +121,15 @@ class DnsLookup:
         return value
 
     async def _both(self, host: str):
-        (v6, t6), (v4, t4) = await asyncio.gather(self._query(host, "AAAA"),
-                                                  self._query(host, "A"))
-        return v6 + v4, min(t6, t4)
+        """AAAA and A together; one of them failing still gives the other's addresses
+        (kept STALE_RETRY_S at most, so the failed half is asked again soon)."""
+        results = await asyncio.gather(self._query(host, "AAAA"), self._query(host, "A"),
+                                       return_exceptions=True)
+        got = [r for r in results if not isinstance(r, BaseException)]
+        if not got:
+            raise results[0]
+        ttl = min(t for _v, t in got) if len(got) == 2 else min(STALE_RETRY_S, got[0][1])
+        return [ip for v, _t in got for ip in v], ttl
 
     async def _query(self, name: str, rdtype: str):
         """(records, ttl) for one query; LookupFailed when no answer could be had."""
