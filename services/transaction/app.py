@@ -21,6 +21,7 @@ from services.transaction import store_events as se
 from services.transaction import store_federation as sf
 from services.transaction import store_edus
 from services.transaction.db import Database
+from services.transaction.device_resync import DeviceResync
 from services.transaction.edu_checks import EduChecker
 from services.transaction.inbound import InboundTransactions
 from services.transaction.room_servers import RoomServers
@@ -51,18 +52,21 @@ class TransactionService:
         self.sender = Sender(self.db, self.transport, settings)
         self.room_servers = RoomServers(self.pdu)
         self.edu_checker = EduChecker(settings.server_name, self.room_servers)
+        self.device_resync = DeviceResync(self.db, self.transport, self.wake_stream)
         self.inbound = InboundTransactions(self.db, self.relay.wake, self.edu_checker,
-                                           self.wake_stream)
+                                           self.edus_stored)
         self.new_events = asyncio.Condition()
 
     async def start(self):
         await self.db.start()
         self.relay.start()
+        self.device_resync.start()
         await self.sender.start()
         await self.sender.poke_all()
 
     async def stop(self):
         await self.relay.stop()
+        await self.device_resync.stop()
         await self.sender.stop()
         await self.transport.aclose()
         await self.pdu.aclose()
@@ -72,6 +76,11 @@ class TransactionService:
         """New items in the live stream (EDUs): wake the long polls."""
         async with self.new_events:
             self.new_events.notify_all()
+
+    async def edus_stored(self) -> None:
+        """A transaction's EDUs were committed (a device list resync may be owed)."""
+        self.device_resync.wake()
+        await self.wake_stream()
 
     async def persist(self, req: dict) -> dict:
         result = await self.db.run(se.persist, req)

@@ -90,6 +90,11 @@ CREATE TABLE IF NOT EXISTS cross_signing_keys (
 CREATE TABLE IF NOT EXISTS one_time_keys (   -- key_id is "algorithm:id"
     user_id TEXT NOT NULL, device_id TEXT NOT NULL, key_id TEXT NOT NULL, key BLOB NOT NULL,
     PRIMARY KEY (user_id, device_id, key_id));
+CREATE TABLE IF NOT EXISTS remote_device_lists (  -- other servers' users: known up to stream_id
+    user_id TEXT PRIMARY KEY, stream_id INTEGER NOT NULL, resynced_at FLOAT);
+CREATE TABLE IF NOT EXISTS device_list_resyncs (  -- users whose list must be fetched again
+    user_id TEXT PRIMARY KEY, origin TEXT NOT NULL, next_try FLOAT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0);
 """
 
 

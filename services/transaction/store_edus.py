@@ -41,9 +41,9 @@ def max_position(conn) -> int:
     return max(row[0] if row else 0, top)
 
 
-def stage(conn, origin: str, edus: list, ts: int) -> int:
+def stage(conn, origin: str, edus: list, ts: int) -> list:
     """Store checked EDUs, each (edu_type, room_id, content, dedup key or None), in order;
-    returns how many were new. Delivered ones are pruned first."""
+    returns the new ones (edu_type, room_id, content). Delivered ones are pruned first."""
     fresh = []
     for edu_type, room_id, content, dedup in edus:
         if dedup is not None and not conn.execute(
@@ -52,13 +52,13 @@ def stage(conn, origin: str, edus: list, ts: int) -> int:
             continue
         fresh.append((edu_type, room_id, content))
     if not fresh:
-        return 0
+        return []
     prune(conn, ts)
     first = next_positions(conn, len(fresh))
     conn.executemany("INSERT INTO edu_stream (stream, origin, edu_type, room_id, content)"
                      " VALUES (?, ?, ?, ?, ?)",
                      [(first + i, origin, t, r, dumps(c)) for i, (t, r, c) in enumerate(fresh)])
-    return len(fresh)
+    return fresh
 
 
 def prune(conn, now_ms: int) -> None:

@@ -10,11 +10,12 @@ Invariants:
 """
 from __future__ import annotations
 
+import secrets
 import uuid
 
 import orjson
 
-from services.transaction import store_edus
+from services.transaction import store_device_lists, store_edus
 from shared.canonical import dumps   # any integer a remote sent, unlike orjson
 from shared.errors import MatrixError
 
@@ -31,8 +32,10 @@ def get_txn_response(conn, origin: str, txn_id: str) -> bytes | None:
 
 def stage_transaction(conn, origin: str, txn_id: str, response: bytes, staged: list, ts: int,
                       edus: list = ()) -> bytes:
-    """Store the response, the inbox rows and the checked EDUs (see store_edus.stage) in
-    one commit; a racing duplicate gets the first response and stores nothing."""
+    """Store the response, the inbox rows and the checked EDUs (see store_edus.stage; a
+    device list update also notes what it says of its user's list, and may owe a resync:
+    store_device_lists) in one commit; a racing duplicate gets the first response and
+    stores nothing."""
     first = get_txn_response(conn, origin, txn_id)
     if first is not None:
         return first
@@ -42,7 +45,9 @@ def stage_transaction(conn, origin: str, txn_id: str, response: bytes, staged: l
         conn.executemany("INSERT INTO inbox (origin, room_id, pdu, event_id) VALUES (?, ?, ?, ?)",
                          [(origin, r, dumps(p), eid) for r, p, eid in staged])
     if edus:
-        store_edus.stage(conn, origin, edus, ts)
+        for edu_type, _room, content in store_edus.stage(conn, origin, edus, ts):
+            if edu_type == "m.device_list_update":
+                store_device_lists.note_update(conn, origin, content, ts / 1000)
     return response
 
 
@@ -191,22 +196,26 @@ def outbox_count(conn, destination: str | None = None) -> int:
     return conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
 
 
-_SUB_COLUMNS = "subscription_id, url, room_id, types, position"
+_SUB_COLUMNS = "subscription_id, url, room_id, types, position, hs_token"
 
 
 def _subscription(row) -> dict:
-    sid, url, room_id, types, position = row
+    sid, url, room_id, types, position, hs_token = row
     return {"subscription_id": sid, "url": url, "room_id": room_id,
-            "types": orjson.loads(types) if types else None, "position": position}
+            "types": orjson.loads(types) if types else None, "position": position,
+            "hs_token": hs_token}
 
 
 def add_subscription(conn, url: str, room_id: str | None, types: list | None, position: int) -> dict:
+    """A new subscription with its own hs_token: the bearer token (and HMAC key) of its
+    callbacks, which a receiver checks to know they come from us."""
     sid = uuid.uuid4().hex
-    conn.execute(f"INSERT INTO subscriptions ({_SUB_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+    hs_token = secrets.token_urlsafe(32)
+    conn.execute(f"INSERT INTO subscriptions ({_SUB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                  (sid, url, room_id, orjson.dumps(types).decode() if types is not None else None,
-                  position))
+                  position, hs_token))
     return {"subscription_id": sid, "url": url, "room_id": room_id, "types": types,
-            "position": position}
+            "position": position, "hs_token": hs_token}
 
 
 def list_subscriptions(conn) -> list[dict]:
