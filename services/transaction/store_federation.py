@@ -10,7 +10,6 @@ Invariants:
 """
 from __future__ import annotations
 
-import secrets
 import uuid
 
 import orjson
@@ -196,26 +195,22 @@ def outbox_count(conn, destination: str | None = None) -> int:
     return conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
 
 
-_SUB_COLUMNS = "subscription_id, url, room_id, types, position, hs_token"
+_SUB_COLUMNS = "subscription_id, url, room_id, types, position"
 
 
 def _subscription(row) -> dict:
-    sid, url, room_id, types, position, hs_token = row
+    sid, url, room_id, types, position = row
     return {"subscription_id": sid, "url": url, "room_id": room_id,
-            "types": orjson.loads(types) if types else None, "position": position,
-            "hs_token": hs_token}
+            "types": orjson.loads(types) if types else None, "position": position}
 
 
 def add_subscription(conn, url: str, room_id: str | None, types: list | None, position: int) -> dict:
-    """A new subscription with its own hs_token: the bearer token (and HMAC key) of its
-    callbacks, which a receiver checks to know they come from us."""
     sid = uuid.uuid4().hex
-    hs_token = secrets.token_urlsafe(32)
-    conn.execute(f"INSERT INTO subscriptions ({_SUB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+    conn.execute(f"INSERT INTO subscriptions ({_SUB_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
                  (sid, url, room_id, orjson.dumps(types).decode() if types is not None else None,
-                  position, hs_token))
+                  position))
     return {"subscription_id": sid, "url": url, "room_id": room_id, "types": types,
-            "position": position, "hs_token": hs_token}
+            "position": position}
 
 
 def list_subscriptions(conn) -> list[dict]:
