@@ -31,7 +31,7 @@ class Settings:
     ca_file: str = ""                            # extra CA bundle trusted for remote servers
     resolver: str = ""                           # nameserver HOST:PORT for SRV and A/AAAA ("": system)
     well_known_min_cache_s: float = 300.0        # shortest caching of a remote .well-known
-    well_known_failure_cache_s: float = 3600.0   # a failed .well-known: cached this, doubling
+    well_known_failure_cache_s: float = 3600.0   # a failed .well-known: backoff (from the min) up to this
     delegate_to: str = ""                        # our /.well-known/matrix/server m.server
     public_http_port: int = 0                    # plain-HTTP public listener for a reverse proxy (0: none)
     backoff_min_s: float = 2.0                   # first retry delay for a failing destination

@@ -12,8 +12,10 @@ Invariants:
   else is "no delegation" (spec: then go on to SRV), never a guess.
 - A delegation is cached by the answer's Cache-Control max-age (or Expires): DEFAULT_CACHE_S
   without either, clamped to [well_known_min_cache_s (5 min), MAX_CACHE_S].
-- A failure is cached well_known_failure_cache_s (1 h), doubling with each consecutive
-  failure of the name (capped at MAX_CACHE_S). A failure to get any answer (network error,
+- A failure is cached with an exponential backoff (spec: errors cached "for up to an hour",
+  backing off on repeated failures): well_known_min_cache_s (5 min, at least 1 s) after
+  the first, doubling with each consecutive failure of the name, at most
+  well_known_failure_cache_s (1 h). A failure to get any answer (network error,
   timeout, 5xx) keeps serving a previous delegation meanwhile (stale); a definite answer
   (4xx, invalid body) replaces it. Nothing invalid is ever cached as a delegation.
 - Concurrent look-ups of one name share one fetch; callers' own deadlines do not cancel it.
@@ -113,7 +115,8 @@ class WellKnownCache:
             result = Result(server, f"delegates to {server}", time.monotonic() + period)
         except (Unreachable, _Invalid) as exc:
             failures = (old.failures if old else 0) + 1
-            backoff = min(MAX_CACHE_S, self.failure_cache_s * 2 ** (failures - 1))
+            first = max(1.0, self.min_cache_s)
+            backoff = min(self.failure_cache_s, first * 2 ** min(failures - 1, 30))
             keep = old.server if old and isinstance(exc, Unreachable) else None
             note = f"no valid .well-known ({exc})" + (f"; still using {keep}" if keep else "")
             result = Result(keep, note, time.monotonic() + backoff, failures)

@@ -63,7 +63,7 @@ async def test_short_max_age_is_raised_to_the_minimum(env):
 
 
 async def test_failure_is_cached_with_a_doubling_backoff(env):
-    client = env.client(well_known_failure_cache_s=1.0)
+    client = env.client(well_known_min_cache_s=1.0, well_known_failure_cache_s=3.0)
     name, ip = env.net.name("f"), env.net.ip()
     env.dns.add(name, "A", ip)
     wk = await env.site(ip, 443, name)
@@ -83,16 +83,24 @@ async def test_failure_is_cached_with_a_doubling_backoff(env):
     await asyncio.sleep(max(0.0, 2.2 - (time.monotonic() - t1)))
     await get(client, name)
     assert len(wk.requests) == 3
+    left = client.well_known._cache[name].expires - time.monotonic()
+    assert 2.5 < left <= 3.0, "the backoff (4 s) is not capped at well_known_failure_cache_s"
     assert len(fallback.requests) == 5
 
 
-async def test_a_failure_is_cached_for_an_hour_by_default(env):
+async def test_failure_backoff_by_default_5_minutes_doubling_up_to_an_hour(env):
+    """(Each backoff is ended by hand, not waited for.)"""
     client = env.client()
     name, ip = env.net.name("f1h"), env.net.ip()
     env.dns.add(name, "A", ip)                    # nothing on 443: no answer at all
-    await get(client, name)
-    left = client.well_known._cache[name].expires - time.monotonic()
-    assert 3590 < left <= 3600
+    periods = []
+    for _ in range(6):
+        await get(client, name)
+        entry = client.well_known._cache[name]
+        periods.append(round(entry.expires - time.monotonic(), -1))
+        entry.expires = 0.0
+    assert periods == [300, 600, 1200, 2400, 3600, 3600]
+    assert client.well_known.fetches == 6
 
 
 async def test_stale_delegation_is_used_while_the_refresh_fails(env):
