@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Query, Request
 
+from services.pdu.acl import RoomAcls
 from services.pdu.backfill import Backfiller
 from services.pdu.federation import FederationHandler
 from services.pdu.inbound import InboundHandler
@@ -40,13 +41,15 @@ class PduService:
         key = SigningKey.load(settings.path("signing_key"))
         self.tx = transaction_client or TransactionClient(settings.transaction_url, settings.secret())
         self.storage = Storage(self.tx)
+        self.acls = RoomAcls(self.storage)
         self.keyring = Keyring(self.tx, name, key, load_old_verify_keys(settings.data_dir))
-        self.rooms = RoomHandler(self.storage, self.tx, name, key)
-        self.inbound = InboundHandler(self.storage, self.tx, self.keyring, self.rooms, name)
+        self.rooms = RoomHandler(self.storage, self.tx, name, key, acls=self.acls)
+        self.inbound = InboundHandler(self.storage, self.tx, self.keyring, self.rooms, name,
+                                      acls=self.acls)
         self.federation = FederationHandler(self.storage, self.tx, self.rooms, self.inbound, name,
-                                            key, now_ms)
+                                            key, now_ms, acls=self.acls)
         self.membership = MembershipHandler(self.storage, self.tx, self.rooms, self.keyring, name, key)
-        self.backfiller = Backfiller(self.storage, self.tx, self.keyring, name)
+        self.backfiller = Backfiller(self.storage, self.tx, self.keyring, name, acls=self.acls)
 
 
 def create_app(settings: Settings, **clients):

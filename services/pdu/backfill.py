@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from services.pdu.keyring import SignatureFailed
 from services.pdu.membership import check_auth_chain
+from services.pdu.acl import RoomAcls
 from services.pdu.rooms import create_event_of, joined_servers
 from services.pdu.state import load_auth_closure
 from services.pdu.storage import wire
@@ -31,8 +32,9 @@ MAX_LIMIT = 100
 
 
 class Backfiller:
-    def __init__(self, storage, tx, keyring, server_name: str):
+    def __init__(self, storage, tx, keyring, server_name: str, *, acls=None):
         self.storage = storage
+        self.acls = acls or RoomAcls(storage)
         self.tx = tx
         self.keyring = keyring
         self.server_name = server_name
@@ -52,8 +54,9 @@ class Backfiller:
         state_events = await self.storage.state_events(
             await self.storage.state_map(room["current_state_group"]))
         create = create_event_of(state_events)
-        servers = sorted((await joined_servers(self.storage, await self.storage.state_map(
-            room["current_state_group"]))) - {self.server_name})
+        current = await self.storage.state_map(room["current_state_group"])
+        servers = sorted(await self.acls.filter(current, await joined_servers(self.storage, current))
+                         - {self.server_name})   # never ask a server the room's ACL denies
         pdus, errors = None, []
         for server in servers:
             resp = await self.tx.federation_request(

@@ -3,6 +3,8 @@
 Invariants:
 - Retrieval (/event, /state, /state_ids, /backfill, /get_missing_events, /event_auth) is
   answered only to a server with a joined or invited member in the room: else 403.
+- Every request about a room we hold (retrieval, make/send join and leave, invite) from a
+  server the room's server ACL denies is refused first: 403 M_FORBIDDEN (`acl.py`).
 - /state and /state_ids give the state *before* the event and the auth chain of that state.
 - Sizes are capped: get_missing_events at GME_MAX, backfill at BACKFILL_MAX events.
 - Membership endpoints accept only an event of the right type and membership, whose
@@ -14,6 +16,7 @@ Invariants:
 """
 from __future__ import annotations
 
+from services.pdu.acl import RoomAcls
 from services.pdu.authrules import AuthError, check_auth
 from services.pdu.builder import auth_event_ids
 from services.pdu.inbound import EventDropped
@@ -35,8 +38,9 @@ def _forbidden(msg="Server is not in the room"):
 
 
 class FederationHandler:
-    def __init__(self, storage, tx, rooms, inbound, server_name: str, key, now_ms):
+    def __init__(self, storage, tx, rooms, inbound, server_name: str, key, now_ms, *, acls=None):
         self.storage = storage
+        self.acls = acls or RoomAcls(storage)
         self.tx = tx
         self.rooms = rooms
         self.inbound = inbound
@@ -45,10 +49,12 @@ class FederationHandler:
         self.now_ms = now_ms
 
     # -- helpers -----------------------------------------------------------------------
-    async def _room(self, room_id: str) -> dict:
+    async def _room(self, room_id: str, origin: str) -> dict:
+        """The room, once its server ACL allows `origin` (403 otherwise; 404 unknown)."""
         room = await self.storage.room(room_id)
         if room is None or room["current_state_group"] is None:
             raise MatrixError(404, "M_NOT_FOUND", "Unknown room")
+        await self.acls.check(room_id, origin)
         return room
 
     async def _check_origin_in_room(self, origin: str, room: dict) -> None:
@@ -67,7 +73,7 @@ class FederationHandler:
         return await resolve(self.storage, room_version, maps)
 
     async def _event_in_room(self, origin, room_id, event_id):
-        room = await self._room(room_id)
+        room = await self._room(room_id, origin)
         await self._check_origin_in_room(origin, room)
         rec = (await self.storage.records([event_id])).get(event_id)
         if rec is None or rec["room_id"] != room_id:
@@ -82,7 +88,7 @@ class FederationHandler:
         rec = (await self.storage.records([event_id])).get(event_id)
         if rec is None:
             raise MatrixError(404, "M_NOT_FOUND", "Unknown event")
-        room = await self._room(rec["room_id"])
+        room = await self._room(rec["room_id"], origin)
         await self._check_origin_in_room(origin, room)
         return self._pdus_response([rec["event"]])
 
@@ -106,7 +112,7 @@ class FederationHandler:
         return {"auth_chain": [r["event"] for r in recs.values()]}
 
     async def backfill(self, origin: str, room_id: str, v: list[str], limit: int) -> dict:
-        room = await self._room(room_id)
+        room = await self._room(room_id, origin)
         await self._check_origin_in_room(origin, room)
         limit = max(0, min(limit, BACKFILL_MAX))
         out = await self._walk_prev(room_id, list(v), set(), limit, include_start=True)
@@ -120,7 +126,7 @@ class FederationHandler:
         min_depth = body.get("min_depth", 0)
         if not isinstance(limit, int) or not isinstance(min_depth, int):
             raise MatrixError(400, "M_BAD_JSON", "limit and min_depth must be integers")
-        room = await self._room(room_id)
+        room = await self._room(room_id, origin)
         await self._check_origin_in_room(origin, room)
         limit = max(0, min(limit, GME_MAX))
         start = []
@@ -157,7 +163,7 @@ class FederationHandler:
             raise MatrixError(400, "M_INVALID_PARAM", "invalid user ID")
         if server_of(user_id) != origin:
             raise _forbidden("User is not on the requesting server")
-        room = await self._room(room_id)
+        room = await self._room(room_id, origin)
         if versions is not None and room["room_version"] not in versions:
             raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION",
                               "Your homeserver does not support this room version",
@@ -200,12 +206,13 @@ class FederationHandler:
 
     async def send_membership(self, origin, room_id, event_id, event, membership) -> dict:
         """send_join / send_leave: store the event as any received one, forward it, answer."""
-        room = await self._room(room_id)
+        room = await self._room(room_id, origin)
         rv = get_room_version(room["room_version"])
         self._check_membership_event(origin, room_id, event_id, event, membership, rv)
         async with self.rooms.lock(room_id):
             state_before_join = await self.storage.state_map(room["current_state_group"])
-            others = await joined_servers(self.storage, state_before_join)
+            others = await self.acls.filter(state_before_join,
+                                            await joined_servers(self.storage, state_before_join))
             try:
                 await self.inbound.receive(event, origin, forward_to=others - {origin, self.server_name})
             except EventDropped as exc:
@@ -227,6 +234,7 @@ class FederationHandler:
                 "servers_in_room": sorted(servers)}
 
     async def invite(self, origin, room_id, event_id, body) -> dict:
+        await self.acls.check(room_id, origin)   # a room we hold: its ACL applies
         version = body.get("room_version")
         event = body.get("event")
         if version not in KNOWN_ROOM_VERSIONS:

@@ -21,6 +21,7 @@ import logging
 from collections import Counter
 from urllib.parse import quote
 
+from services.pdu.acl import RoomAcls
 from services.pdu.authrules import AuthError, check_auth, check_auth_events_list
 from services.pdu.keyring import SignatureFailed
 from services.pdu.redaction import pending_redaction, redaction_update, redacts_target
@@ -51,8 +52,9 @@ def is_infrastructure_failure(exc: BaseException) -> bool:
 
 
 class InboundHandler:
-    def __init__(self, storage, tx, keyring, rooms, server_name: str):
+    def __init__(self, storage, tx, keyring, rooms, server_name: str, *, acls=None):
         self.storage = storage
+        self.acls = acls or RoomAcls(storage)
         self.tx = tx
         self.keyring = keyring
         self.rooms = rooms
@@ -112,6 +114,11 @@ class InboundHandler:
         """Receive one relayed PDU; whatever goes wrong with it (short of the stack's own
         failure) drops it: logged, counted, its inbox row consumed."""
         origin = item["origin"]
+        if not await self.acls.allows(item["room_id"], origin):
+            log.info("dropped PDU from %s: denied by the server ACL of %s", origin, item["room_id"])
+            self.dropped["server_acl"] += 1
+            await self.storage.persist({"inbox_ids": [item["inbox_id"]]})
+            return
         try:
             await self.receive(item["pdu"], origin, inbox_ids=[item["inbox_id"]])
             return

@@ -7,12 +7,16 @@ Invariants:
   for every other server in the room commit together; the extremities are compare-and-set
   (a concurrent writer makes us rebuild on the new extremities).
 - The same (sender, txn_id) returns the first event_id and stores nothing new.
+- An event is queued for no server that the room's server ACL (in the state after the
+  event) denies; an ACL that would deny this server itself is refused (400), as Synapse
+  refuses it: the room would be lost to us.
 """
 from __future__ import annotations
 
 import asyncio
 import secrets
 
+from services.pdu.acl import RoomAcls
 from services.pdu.authrules import AuthError, check_auth
 from services.pdu.builder import build_event
 from services.pdu.redaction import redaction_update, redacts_target
@@ -23,6 +27,7 @@ from shared.errors import MatrixError
 from shared.events import (EventFormatError, is_valid_federation_user_id, is_valid_user_id, server_of,
                            validate_event_format)
 from shared.room_versions import get_room_version
+from shared.server_acl import ACL_EVENT, ServerAcl
 
 CAS_RETRIES = 20
 MAX_GROUP = 50
@@ -52,8 +57,9 @@ def create_event_of(state_events: dict) -> dict | None:
 
 
 class RoomHandler:
-    def __init__(self, storage, tx, server_name: str, key):
+    def __init__(self, storage, tx, server_name: str, key, *, acls=None):
         self.storage = storage
+        self.acls = acls or RoomAcls(storage)
         self.tx = tx
         self.server_name = server_name
         self.key = key
@@ -237,6 +243,8 @@ class RoomHandler:
         rv, room_id = ctx["rv"], ctx["room"]["room_id"]
         if type_ == "m.room.member" and not is_valid_member(state_key, self.server_name):
             raise MatrixError(400, "M_INVALID_PARAM", "a membership's state_key must be a user ID")
+        if type_ == ACL_EVENT and state_key == "" and not ServerAcl(content).allows(self.server_name):
+            raise MatrixError(400, "M_INVALID_PARAM", "a server ACL may not deny this server")
         extra = None
         if type_ == "m.room.redaction" and not rv.redaction_v11:
             extra = {"redacts": content.get("redacts")}   # v10 keeps it at the top level
@@ -268,6 +276,9 @@ class RoomHandler:
                 servers.add(server_of(state_key))   # the target's server learns of it
         servers |= set(extra_destinations)
         servers.discard(self.server_name)
+        acl = self.acls.of_state_events(ctx["state_events"])
+        if acl is not None:
+            servers = {s for s in servers if acl.allows(s)}
         req = ctx["req"]
         req["events"].append({"event_id": eid, "room_id": room_id, "event": wire(ev),
                               "state_after": spec})
