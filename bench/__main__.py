@@ -28,7 +28,7 @@ from pathlib import Path
 from bench.common import ensure_requirements, log
 
 REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS = ("inbound", "e2e", "batch", "idle", "batching", "fanout")
+BENCHMARKS = ("inbound", "e2e", "batch", "idle", "batching", "fanout", "typing")
 
 
 def parse_args(argv=None):
@@ -56,7 +56,7 @@ def parse_args(argv=None):
 
 
 async def amain(args) -> int:
-    from bench import runs
+    from bench import runs, typing_edus
     from bench.report import Results, chart, markdown_table
     from bench.stacks import CallbackReceiver, FedstackServer, SynapseServer
 
@@ -105,6 +105,10 @@ async def amain(args) -> int:
             if "fanout" in args.only:
                 plan.append(("fanout", "fedstack", rep, lambda r: runs.fanout_fedstack_once(ctx, r)))
                 plan.append(("fanout", "synapse", rep, lambda r: runs.fanout_synapse_once(ctx, r)))
+        for rep in range(args.repeat):
+            if "typing" in args.only:
+                plan.append(("typing", "fedstack", rep, lambda r: typing_edus.fedstack_once(ctx, r)))
+                plan.append(("typing", "synapse", rep, lambda r: typing_edus.synapse_once(ctx, r)))
 
         for name, side, rep, fn in plan:
             if side == "synapse" and not ctx.synapse:
@@ -133,6 +137,7 @@ async def amain(args) -> int:
         watcher = ctx.state.get("e2e_s", (None, None, None))[2]
         if watcher is not None:
             await watcher.stop()
+        await typing_edus.stop(ctx)
         for r in ctx.remotes:
             await r.stop()
         if ctx.receiver is not None:
@@ -174,7 +179,9 @@ async def amain(args) -> int:
         f"(transactions of {runs.TXN_SIZE}, one in flight; Synapse: each transaction awaited until "
         f"stored); end to end {s.e2e:,} messages fedstack, {s.e2e_synapse:,} Synapse; lone-message "
         f"latency {s.idle_samples} samples; batching {s.batching:,} events; fan-out "
-        f"{s.fanout_remotes} destinations, {s.fanout_samples} messages per repetition.",
+        f"{s.fanout_remotes} destinations, {s.fanout_samples} messages per repetition; typing "
+        f"{typing_edus.sizes(args.quick)[0]:,} EDUs fedstack, {typing_edus.sizes(args.quick)[1]:,} "
+        f"Synapse ({typing_edus.IN_FLIGHT} in flight).",
         "",
     ]
     footer = [""]
