@@ -11,6 +11,9 @@ Invariants:
   sender (= state_key) is on the requesting server, for the room named in the path, with
   the event ID named in the path.
 - make_join / make_leave templates carry `origin` (our server name), as the spec requires.
+- Restricted joins (`restricted.py`): make_join names one of our users who can invite in
+  join_authorised_via_users_server when the join rule needs one; send_join of such a join
+  is signed by us before it is processed, or refused (nothing stored) if we cannot vouch.
 - A received invite is signed by us only if its invite_room_state passes
   `invite_state.check_invite_room_state` (else 400 M_INVALID_PARAM).
 """
@@ -21,12 +24,14 @@ from services.pdu.authrules import AuthError, check_auth
 from services.pdu.builder import auth_event_ids
 from services.pdu.inbound import EventDropped
 from services.pdu.invite_state import check_invite_room_state
+from services.pdu.restricted import authoriser_for, check_authoriser
 from services.pdu.rooms import create_event_of, joined_servers
 from services.pdu.state import load_auth_closure, resolve
 from services.pdu.storage import wire
 from shared.errors import MatrixError
-from shared.events import (EventFormatError, compute_event_id, is_valid_federation_user_id, server_of,
-                           sign_event, validate_event_format)
+from shared.events import (EventFormatError, compute_content_hash, compute_event_id,
+                           is_valid_federation_user_id, server_of, sign_event,
+                           validate_event_format)
 from shared.room_versions import KNOWN_ROOM_VERSIONS, get_room_version
 
 GME_MAX = 20
@@ -170,14 +175,19 @@ class FederationHandler:
                               room_version=room["room_version"])
         rv = get_room_version(room["room_version"])
         state = await self.storage.state_map(room["current_state_group"])
+        state_events = await self.storage.state_events(state)
+        content = {"membership": membership}
+        if membership == "join":
+            via = await authoriser_for(self.storage, state_events, rv, self.server_name, user_id)
+            if via is not None:
+                content["join_authorised_via_users_server"] = via
         prev = list((await self.storage.events(room["extremities"])).values())
         ev = {"type": "m.room.member", "room_id": room_id, "sender": user_id,
-              "state_key": user_id, "content": {"membership": membership},
+              "state_key": user_id, "content": content,
               "origin": self.server_name, "origin_server_ts": self.now_ms(),
               "prev_events": [p["event_id"] for p in prev],
               "depth": max([p.get("depth", 0) for p in prev], default=0) + 1}
         ev["auth_events"] = auth_event_ids(ev, state, rv)
-        state_events = await self.storage.state_events(state)
         try:
             check_auth(dict(ev, event_id="$template"), state_events, rv.identifier,
                        create_event_of(state_events))
@@ -209,6 +219,8 @@ class FederationHandler:
         room = await self._room(room_id, origin)
         rv = get_room_version(room["room_version"])
         self._check_membership_event(origin, room_id, event_id, event, membership, rv)
+        if membership == "join":
+            event = await self._countersign_restricted(room, rv, event)
         async with self.rooms.lock(room_id):
             state_before_join = await self.storage.state_map(room["current_state_group"])
             others = await self.acls.filter(state_before_join,
@@ -232,6 +244,21 @@ class FederationHandler:
                 "auth_chain": [r["event"] for e, r in recs.items() if e not in state_ids],
                 "event": rec["event"], "members_omitted": False,
                 "servers_in_room": sorted(servers)}
+
+    async def _countersign_restricted(self, room: dict, rv, event: dict) -> dict:
+        """A join naming one of our users in join_authorised_via_users_server, with our
+        signature added once `restricted.check_authoriser` vouches for it (else it raises,
+        and nothing is stored). The content hash must hold: re-hashing would change the ID."""
+        state_events = await self.storage.state_events(
+            await self.storage.state_map(room["current_state_group"]))
+        via = event["content"].get("join_authorised_via_users_server")
+        if not await check_authoriser(self.storage, state_events, rv, self.server_name,
+                                      event["sender"], via):
+            return event
+        hashes = event.get("hashes")
+        if not isinstance(hashes, dict) or hashes.get("sha256") != compute_content_hash(event):
+            raise MatrixError(400, "M_INVALID_PARAM", "the join's content hash does not match")
+        return sign_event(dict(event), self.server_name, self.key, rv)
 
     async def invite(self, origin, room_id, event_id, body) -> dict:
         await self.acls.check(room_id, origin)   # a room we hold: its ACL applies

@@ -8,6 +8,10 @@ Invariants:
   version we support, canonical JSON; otherwise 502 M_UNKNOWN and nothing is sent. A join
   tries each candidate server in turn; when all fail, a 403 from any of them is the answer,
   else the one error they all gave, else 502.
+- A restricted join (the template names join_authorised_via_users_server) is stored
+  only if send_join's `event` carries the authorising server's valid signature; a server
+  answering make_join M_UNABLE_TO_AUTHORISE_JOIN / M_UNABLE_TO_GRANT_JOIN is one failed
+  candidate: the next server is tried.
 - A send_join answer is used only if its state holds the room's create event of that room
   version, tied to the room (v10/v11: its room_id is the room's; v12: the room ID is "!" +
   its event ID body), and only its correctly signed events of that room (room_id) are
@@ -32,6 +36,7 @@ from urllib.parse import quote
 from services.pdu.authrules import AuthError, check_auth, check_auth_events_list
 from services.pdu.builder import sign_template
 from services.pdu.keyring import SignatureFailed, keys_valid_at
+from services.pdu.restricted import authoriser_for
 from services.pdu.storage import wire
 from shared.canonical import CanonicalJSONError
 from shared.errors import MatrixError
@@ -114,7 +119,8 @@ class MembershipHandler:
         self.rooms.require_local(user_id)
         room = await self.storage.room(room_id)
         if room is not None and room["current_state_group"] is not None:
-            return await self.rooms.send(room_id, user_id, "m.room.member", {"membership": "join"},
+            return await self.rooms.send(room_id, user_id, "m.room.member",
+                                         await self._local_join_content(room, user_id),
                                          state_key=user_id)
         candidates = list(dict.fromkeys(servers + ([server_of(room_id)] if ":" in room_id else [])))
         candidates = [s for s in candidates if s and s != self.server_name]
@@ -132,6 +138,17 @@ class MembershipHandler:
         status, errcode = ((403, "M_FORBIDDEN") if any(s == 403 for s, _ in failures)
                            else next(iter(failures)) if len(failures) == 1 else (502, "M_UNKNOWN"))
         raise MatrixError(status, errcode, "could not join: " + "; ".join(errors))
+
+    async def _local_join_content(self, room: dict, user_id: str) -> dict:
+        """A join to a room we are in: a restricted room's names our authorising user."""
+        content = {"membership": "join"}
+        state_events = await self.storage.state_events(
+            await self.storage.state_map(room["current_state_group"]))
+        via = await authoriser_for(self.storage, state_events, get_room_version(room["room_version"]),
+                                   self.server_name, user_id)
+        if via is not None:
+            content["join_authorised_via_users_server"] = via
+        return content
 
     async def _request(self, server, method, path, *, query=None, body=None) -> dict:
         resp = await self.tx.federation_request(server, method, path, query=query, body=body)
@@ -188,6 +205,7 @@ class MembershipHandler:
         returned = resp.get("event")
         if isinstance(returned, dict) and compute_event_id(returned, rv) == event_id:
             join = returned  # the resident may have added its signature
+        await self._check_authorised_join(join, rv)
         outliers = {**chain, **state}
         rejected = check_auth_chain(outliers, rv, creates[0])
         if rejected.get(compute_event_id(creates[0], rv)):
@@ -202,6 +220,17 @@ class MembershipHandler:
                "rooms": [{"room_id": room_id, "room_version": version, "extremities": [event_id],
                           "current_state": {"same_as": event_id}}]}
         await self.storage.persist(req)
+
+    async def _check_authorised_join(self, join: dict, rv) -> None:
+        """A restricted join (join_authorised_via_users_server) is stored only with the
+        authorising server's valid signature: the resident returns it in send_join's
+        `event`; without it every server would reject our join (502, nothing stored)."""
+        if "join_authorised_via_users_server" not in (join.get("content") or {}):
+            return
+        try:
+            await self.keyring.check_event(join, rv)
+        except SignatureFailed as exc:
+            raise MatrixError(502, "M_UNKNOWN", f"restricted join not signed by its authoriser: {exc}")
 
     @staticmethod
     def _of_room(room_id, rv, create, state, chain) -> tuple[dict, dict]:
