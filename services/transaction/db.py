@@ -79,6 +79,7 @@ CREATE INDEX IF NOT EXISTS edu_stream_room ON edu_stream (room_id, stream);
 CREATE TABLE IF NOT EXISTS edu_seen (     -- EDUs that must not be delivered twice
     origin TEXT NOT NULL, edu_type TEXT NOT NULL, dedup TEXT NOT NULL, ts BIGINT NOT NULL,
     PRIMARY KEY (origin, edu_type, dedup));
+CREATE INDEX IF NOT EXISTS edu_seen_ts ON edu_seen (ts);
 CREATE TABLE IF NOT EXISTS devices (      -- our users' devices, as the homeserver gave them
     user_id TEXT NOT NULL, device_id TEXT NOT NULL, display_name TEXT, keys BLOB,
     PRIMARY KEY (user_id, device_id));

@@ -12,6 +12,8 @@ Invariants:
   forgotten after SEEN_KEEP_MS.
 - A stored EDU is removed only once every subscription's position is past it (so none can
   still be delivered); with no subscription, nothing can deliver it and it is removed.
+  Pruning runs when a transaction brings EDUs, so storage follows the slowest
+  subscription (one whose receiver is down keeps every EDU since, as it keeps events).
 """
 from __future__ import annotations
 
