@@ -109,7 +109,8 @@ class FedstackServer:
         return f"@{localpart}:{self.server_name}"
 
     async def call(self, method: str, path: str, body=None):
-        return await _json_call(self.session, method, self.api + path, body=body)
+        return await _json_call(self.session, method, self.api + path, body=body,
+                                headers={"authorization": f"Bearer {self.hs.settings.token()}"})
 
     async def create_room(self, creator: str) -> str:
         return (await self.call("POST", "/v1/rooms", {"creator": creator, "room_version": "12",

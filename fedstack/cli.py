@@ -25,7 +25,7 @@ from pathlib import Path
 
 from shared.crypto import SigningKey
 from shared.server_keys import OLD_KEYS_FILE
-from shared.settings import Settings, ensure_internal_secret
+from shared.settings import Settings, ensure_internal_secret, ensure_secret_file
 
 SERVICES = ("transaction", "pdu", "transport", "messaging")
 FACTORIES = {s: f"services.{s}.app:create_app" for s in SERVICES}
@@ -56,6 +56,8 @@ def prepare_data_dir(settings: Settings) -> None:
     ensure_self_signed_cert(settings.path("tls_cert"), settings.path("tls_key"), settings.server_name)
     if not settings.internal_secret:
         ensure_internal_secret(settings.data_dir)
+    if not settings.api_token:
+        ensure_secret_file(settings.data_dir, "api_token")
 
 
 def rotate_key(settings: Settings) -> str:
@@ -324,6 +326,9 @@ def main(argv=None) -> int:
     rot = sub.add_parser("rotate-key", help="replace the signing key; the old one is then "
                          "served in old_verify_keys (restart pdu and transport afterwards)")
     rot.add_argument("--data-dir", required=True)
+    tok = sub.add_parser("rotate-token", help="replace the domain API token in the data "
+                         "directory (taken within a second, no restart); prints the new one")
+    tok.add_argument("--data-dir", required=True)
     sv = sub.add_parser("serve", help="run one service from FEDSTACK_* settings")
     sv.add_argument("service", choices=SERVICES)
     args = parser.parse_args(argv)
@@ -333,6 +338,9 @@ def main(argv=None) -> int:
     if args.cmd == "check-federation":
         from fedstack.check_federation import check_federation
         return check_federation(args)
+    if args.cmd == "rotate-token":
+        print(ensure_secret_file(args.data_dir, "api_token", replace_it=True))
+        return 0
     if args.cmd == "rotate-key":
         print(rotate_key(Settings(data_dir=args.data_dir)))
         return 0

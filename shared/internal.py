@@ -58,10 +58,10 @@ class InternalClient:
     safe to retry, see architecture.md)."""
 
     def __init__(self, base_url: str, secret: str, *, transport=None,
-                 timeout: float = 120.0):
+                 timeout: float = 120.0, headers: dict | None = None):
         self.base_urls = [u.strip().rstrip("/") for u in base_url.split(",") if u.strip()]
         self.base_url = self.base_urls[0]
-        self._headers = {SECRET_HEADER: secret, "content-type": "application/json"}
+        self._headers = {SECRET_HEADER: secret, "content-type": "application/json", **(headers or {})}
         self._timeout = timeout
         self._clients = None
         if transport is not None:     # an in-process app (tests): httpx, imported only then

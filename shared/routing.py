@@ -270,3 +270,18 @@ class BodyLimitMiddleware:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
         await self.app(scope, replay, send)
+
+
+class JsonBodyMiddleware:
+    """Pure ASGI middleware: a request body is JSON whatever its Content-Type says, as
+    Matrix servers take it (`curl -d` sends application/x-www-form-urlencoded, which
+    FastAPI would otherwise parse as a form): the header is set to application/json."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope = dict(scope, headers=headers + [(b"content-type", b"application/json")])
+        await self.app(scope, receive, send)

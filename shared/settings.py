@@ -21,6 +21,7 @@ class Settings:
     tls_key_path: str = ""                       # default: <data_dir>/tls.key
     db_path: str = ""                            # default: <data_dir>/fedstack.db
     internal_secret: str = ""                    # default: read <data_dir>/internal_secret
+    api_token: str = ""                          # domain API bearer token; default: <data_dir>/api_token
     transport_url: str = "http://127.0.0.1:8101"   # internal URL of the transport service
     transaction_url: str = "http://127.0.0.1:8102"
     pdu_url: str = "http://127.0.0.1:8103"
@@ -61,6 +62,13 @@ class Settings:
         p = Path(self.data_dir) / "internal_secret"
         return p.read_text().strip() if p.exists() else ""
 
+    def token(self) -> str:
+        """The domain API token: given directly, or read from the data directory."""
+        if self.api_token:
+            return self.api_token
+        p = Path(self.data_dir) / "api_token"
+        return p.read_text().strip() if p.exists() else ""
+
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> "Settings":
         env = os.environ if env is None else env
@@ -92,13 +100,19 @@ class Settings:
         return replace(self, **changes)
 
 
-def ensure_internal_secret(data_dir: str | Path) -> str:
-    """Create `<data_dir>/internal_secret` (mode 0600) once; return its value."""
-    p = Path(data_dir) / "internal_secret"
-    if not p.exists():
+def ensure_secret_file(data_dir: str | Path, name: str, *, replace_it: bool = False) -> str:
+    """Create `<data_dir>/<name>` (mode 0600) holding a new random token once (or anew with
+    `replace_it`, atomically); return its value."""
+    p = Path(data_dir) / name
+    if replace_it or not p.exists():
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_suffix(".tmp")
         tmp.write_text(secrets.token_urlsafe(32))
         tmp.chmod(0o600)
         tmp.replace(p)
     return p.read_text().strip()
+
+
+def ensure_internal_secret(data_dir: str | Path) -> str:
+    """Create `<data_dir>/internal_secret` (mode 0600) once; return its value."""
+    return ensure_secret_file(data_dir, "internal_secret")

@@ -138,7 +138,7 @@ class InProcessHomeserver:
         self.network[self.server_name] = self.link
         for app in (self.transport_app, self.tx_app, self.pdu_app, self.messaging_app):
             await self._stack.enter_async_context(app.router.lifespan_context(app))
-        self.api = MessagingClient("http://messaging", transport=asgi(self.messaging_app))
+        self.api = MessagingClient("http://messaging", token=s.token(), transport=asgi(self.messaging_app))
         self.tx = TransactionClient("http://tx", secret, transport=asgi(self.tx_app))
 
     async def stop(self) -> None:

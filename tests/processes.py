@@ -29,6 +29,11 @@ def api_url(hs: Homeserver) -> str:
     return f"http://127.0.0.1:{hs.ports['messaging']}"
 
 
+def api_headers(hs: Homeserver) -> dict[str, str]:
+    """The domain API's bearer token (the data directory's `api_token`)."""
+    return {"authorization": f"Bearer {hs.settings.token()}"}
+
+
 class CallbackServer:
     """Records callback bodies; thread-safe. `url` is what subscriptions should POST to."""
 

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Query, Request
 
+from services.messaging.auth import ApiTokenMiddleware, TokenSource
 from services.messaging.delivery import Delivery
 from services.messaging.devices import Devices
 from services.messaging.ephemeral import Ephemeral
@@ -20,7 +21,7 @@ from shared.contracts import messaging as c
 from shared.contracts.pdu import Backfill, BackfillResponse, PduClient
 from shared.contracts.transaction import TransactionClient
 from shared.errors import json_response
-from shared.routing import BodyLimitMiddleware, new_app, serve_lean
+from shared.routing import BodyLimitMiddleware, JsonBodyMiddleware, new_app, serve_lean
 from shared.settings import Settings
 
 
@@ -55,6 +56,8 @@ def create_app(settings: Settings, **clients):
     # The domain API is the homeserver's own, reachable by its other parts: no secret.
     app = new_app("fedstack-messaging", None, lifespan=lifespan)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(JsonBodyMiddleware)
+    app.add_middleware(ApiTokenMiddleware, tokens=TokenSource(settings))   # outermost
 
     def svc(request: Request) -> MessagingService:
         return request.app.state.svc
@@ -121,7 +124,7 @@ def create_app(settings: Settings, **clients):
         s = svc(request)
         sub = await s.tx.add_subscription(body.model_dump())
         s.delivery.add(sub)   # other replicas pick it up on their next refresh
-        return {"subscription_id": sub["subscription_id"]}
+        return {"subscription_id": sub["subscription_id"], "hs_token": sub["hs_token"]}
 
     @app.delete(c.SUBSCRIPTION, tags=["subscriptions"])
     async def unsubscribe(subscription_id: str, request: Request) -> dict:

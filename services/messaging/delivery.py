@@ -24,6 +24,7 @@ import uuid
 
 import aiohttp
 
+from services.messaging.auth import callback_headers
 from shared.canonical import dumps
 from shared.errors import MatrixError
 
@@ -173,7 +174,7 @@ class Delivery:
         delay = RETRY_MIN_S
         while True:
             try:
-                status = await self._post(sub["url"], body)
+                status = await self._post(sub["url"], body, callback_headers(sub.get("hs_token"), body))
                 if 200 <= status < 300:
                     return
                 log.info("callback %s answered %s", sub["url"], status)
@@ -182,9 +183,8 @@ class Delivery:
             await asyncio.sleep(delay)
             delay = min(RETRY_MAX_S, delay * 2)
 
-    async def _post(self, url: str, body: bytes) -> int:
+    async def _post(self, url: str, body: bytes, headers: dict) -> int:
         """POST one batch; the receiver's status, or OSError when there was no answer."""
-        headers = {"content-type": "application/json"}
         if self.http is not None:
             try:
                 return (await self.http.post(url, content=body, headers=headers)).status_code

@@ -70,7 +70,7 @@ CREATE TABLE IF NOT EXISTS client_txns (
     PRIMARY KEY (sender, txn_id));
 CREATE TABLE IF NOT EXISTS subscriptions (
     subscription_id TEXT PRIMARY KEY, url TEXT NOT NULL, room_id TEXT, types TEXT,
-    position INTEGER NOT NULL, lease_owner TEXT, lease_until FLOAT);
+    position INTEGER NOT NULL, lease_owner TEXT, lease_until FLOAT, hs_token TEXT);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS edu_stream (
     stream INTEGER PRIMARY KEY,              -- taken from the events table's sequence
@@ -238,6 +238,8 @@ def _upgrade(conn) -> None:
     """Columns added since a database file may have been created."""
     if "event_id" not in {row[1] for row in conn.execute("PRAGMA table_info(inbox)")}:
         conn.execute("ALTER TABLE inbox ADD COLUMN event_id TEXT")
+    if "hs_token" not in {row[1] for row in conn.execute("PRAGMA table_info(subscriptions)")}:
+        conn.execute("ALTER TABLE subscriptions ADD COLUMN hs_token TEXT")   # NULL: made before tokens
 
 
 def _rollback(conn) -> None:

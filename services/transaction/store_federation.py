@@ -10,6 +10,7 @@ Invariants:
 """
 from __future__ import annotations
 
+import secrets
 import uuid
 
 import orjson
@@ -195,22 +196,26 @@ def outbox_count(conn, destination: str | None = None) -> int:
     return conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
 
 
-_SUB_COLUMNS = "subscription_id, url, room_id, types, position"
+_SUB_COLUMNS = "subscription_id, url, room_id, types, position, hs_token"
 
 
 def _subscription(row) -> dict:
-    sid, url, room_id, types, position = row
+    sid, url, room_id, types, position, hs_token = row
     return {"subscription_id": sid, "url": url, "room_id": room_id,
-            "types": orjson.loads(types) if types else None, "position": position}
+            "types": orjson.loads(types) if types else None, "position": position,
+            "hs_token": hs_token}
 
 
 def add_subscription(conn, url: str, room_id: str | None, types: list | None, position: int) -> dict:
+    """A new subscription with its own hs_token: the bearer token (and HMAC key) of its
+    callbacks, which a receiver checks to know they come from us."""
     sid = uuid.uuid4().hex
-    conn.execute(f"INSERT INTO subscriptions ({_SUB_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+    hs_token = secrets.token_urlsafe(32)
+    conn.execute(f"INSERT INTO subscriptions ({_SUB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                  (sid, url, room_id, orjson.dumps(types).decode() if types is not None else None,
-                  position))
+                  position, hs_token))
     return {"subscription_id": sid, "url": url, "room_id": room_id, "types": types,
-            "position": position}
+            "position": position, "hs_token": hs_token}
 
 
 def list_subscriptions(conn) -> list[dict]:

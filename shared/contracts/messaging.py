@@ -65,7 +65,10 @@ class SubscriptionRequest(BaseModel):
 
 
 class SubscriptionResponse(BaseModel):
+    """`hs_token` is given here only: every callback of the subscription carries it as
+    `Authorization: Bearer <hs_token>` and is signed with it (X-Fedstack-Signature)."""
     subscription_id: str
+    hs_token: str
 
 
 class TypingRequest(BaseModel):
@@ -145,8 +148,10 @@ class CallbackBody(BaseModel):
 class MessagingClient(InternalClient):
     """A small typed client for the domain API (tests, benchmarks, bots)."""
 
-    def __init__(self, base_url: str, **kw):
-        super().__init__(base_url, secret="", **kw)
+    def __init__(self, base_url: str, token: str = "", **kw):
+        """`token`: the homeserver's API token (sent as `Authorization: Bearer`)."""
+        headers = {"authorization": f"Bearer {token}"} if token else None
+        super().__init__(base_url, secret="", headers=headers, **kw)
 
     async def create_room(self, creator, **kw) -> str:
         return (await self.call("POST", ROOMS, {"creator": creator, **kw}))["room_id"]

@@ -139,6 +139,7 @@ class LeaseResponse(BaseModel):
 class Subscription(SubscriptionIn):
     subscription_id: str
     position: int
+    hs_token: str | None = None       # its callbacks' bearer token and HMAC key
 
 
 class TransactionClient(DevicesClient):

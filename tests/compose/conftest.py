@@ -169,7 +169,7 @@ def empty_env_file(tmp_path_factory) -> Path:
 def fedstack_image(docker_engine, empty_env_file) -> str:
     """The project image, built with compose (BASE_IMAGE=local python image, network host)."""
     ports = dict(zip(["TRANSACTION", "PDU", "TRANSPORT", "MESSAGING", "FEDERATION"], free_ports(5)))
-    env = compose_env(docker_engine, FEDSTACK_INTERNAL_SECRET="build-only",
+    env = compose_env(docker_engine, FEDSTACK_INTERNAL_SECRET="build-only", FEDSTACK_API_TOKEN="build-only",
                       **{f"FEDSTACK_TEST_{k}_PORT": str(v) for k, v in ports.items()})
     timed("project image build (docker compose build)",
           compose_cmd("fedstack-test-build", empty_env_file, "build", "transaction"),

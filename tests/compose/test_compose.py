@@ -89,6 +89,7 @@ class ComposeHomeserver:
             docker_host,
             FEDSTACK_SERVER_NAME=self.server_name,
             FEDSTACK_INTERNAL_SECRET=secrets.token_hex(32),
+            FEDSTACK_API_TOKEN=secrets.token_urlsafe(24),
             FEDSTACK_VERIFY_TLS="false",
             FEDSTACK_ALLOW_PRIVATE_DESTINATIONS="true",
             FEDSTACK_BACKOFF_MIN_S="0.5",
@@ -137,7 +138,8 @@ class ComposeHomeserver:
         return out
 
     def call(self, method: str, path: str, body: dict | None = None) -> dict:
-        resp = httpx.request(method, self.api + path, json=body, timeout=60)
+        resp = httpx.request(method, self.api + path, json=body, timeout=60,
+                             headers={"authorization": f"Bearer {self.env['FEDSTACK_API_TOKEN']}"})
         assert resp.status_code == 200, f"{self.project} {method} {path}: {resp.status_code} {resp.text}"
         return resp.json()
 

@@ -39,8 +39,12 @@ class ServiceUnderTest:
     def secret(self) -> str:
         return self.settings.secret()
 
-    def client(self, *, secret: bool = True) -> httpx.AsyncClient:
+    def client(self, *, secret: bool = True, token: bool = True) -> httpx.AsyncClient:
+        """`secret`: the internal secret header; `token`: the domain API token (the
+        messaging API refuses requests without it)."""
         headers = {SECRET_HEADER: self.secret} if secret else {}
+        if token and self.settings.token():
+            headers["authorization"] = f"Bearer {self.settings.token()}"
         return httpx.AsyncClient(base_url=self.base_url, transport=self.transport,
                                  headers=headers, verify=self.settings.verify_tls, timeout=30.0)
 

@@ -18,7 +18,7 @@ import time
 import httpx
 
 from fedstack.cli import SERVICES
-from tests.processes import CallbackServer, api_url, start_homeserver
+from tests.processes import CallbackServer, api_headers, api_url, start_homeserver
 
 KILLS = int(os.environ.get("FEDSTACK_CRASH_KILLS", "20"))
 MESSAGES = int(os.environ.get("FEDSTACK_CRASH_MESSAGES", "2000"))
@@ -28,7 +28,7 @@ def call(hs, method, path, deadline, **kw):
     """Retry through crashes until the call succeeds (or the deadline passes)."""
     while True:
         try:
-            resp = httpx.request(method, api_url(hs) + path, timeout=30, **kw)
+            resp = httpx.request(method, api_url(hs) + path, timeout=30, headers=api_headers(hs), **kw)
             if resp.status_code == 200:
                 return resp.json()
         except httpx.HTTPError:

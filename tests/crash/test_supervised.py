@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 from fedstack.cli import SERVICES, free_port
 from tests.crash.test_kill9 import call, sender_thread, unique_by_position
+from shared.settings import Settings
 from tests.processes import CallbackServer
 
 MESSAGES_PER_SIDE = 300
@@ -37,7 +38,7 @@ def fedstack_up(data_dir):
         lines.append(line)
         if "messaging" in line:
             hs = SimpleNamespace(proc=proc, ports={"messaging": api_port}, data_dir=data_dir,
-                                 settings=SimpleNamespace(server_name=f"127.0.0.1:{port}"))
+                                 settings=Settings(server_name=f"127.0.0.1:{port}", data_dir=str(data_dir)))
             return hs
         if not line and proc.poll() is not None:
             break

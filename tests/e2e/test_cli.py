@@ -47,7 +47,9 @@ def test_up_prints_stops_cleanly_and_resumes(tmp_path):
         assert len(kids) == 4
         key1 = httpx.get(f"https://127.0.0.1:{port}/_matrix/key/v2/server", verify=False).json()["verify_keys"]
         alice = f"@alice:127.0.0.1:{port}"
-        room = httpx.post(f"http://127.0.0.1:{api_port}/v1/rooms", json={"creator": alice}).json()["room_id"]
+        auth = {"authorization": f"Bearer {(tmp_path / 'api_token').read_text().strip()}"}
+        room = httpx.post(f"http://127.0.0.1:{api_port}/v1/rooms", json={"creator": alice},
+                          headers=auth).json()["room_id"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
         assert "stopped" in proc.stdout.read()
@@ -60,7 +62,7 @@ def test_up_prints_stops_cleanly_and_resumes(tmp_path):
     try:
         key2 = httpx.get(f"https://127.0.0.1:{port}/_matrix/key/v2/server", verify=False).json()["verify_keys"]
         assert key1 == key2
-        state = httpx.get(f"http://127.0.0.1:{api_port}/v1/rooms/{room}/state").json()["state"]
+        state = httpx.get(f"http://127.0.0.1:{api_port}/v1/rooms/{room}/state", headers=auth).json()["state"]
         assert any(e["type"] == "m.room.create" for e in state)
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from tests.processes import CallbackServer, api_url, start_homeserver
+from tests.processes import CallbackServer, api_headers, api_url, start_homeserver
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def servers(tmp_path_factory):
 
 
 def api(hs, method, path, **kw):
-    resp = httpx.request(method, api_url(hs) + path, timeout=60, **kw)
+    resp = httpx.request(method, api_url(hs) + path, timeout=60, headers=api_headers(hs), **kw)
     assert resp.status_code == 200, resp.text
     return resp.json()
 

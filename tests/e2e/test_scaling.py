@@ -11,7 +11,7 @@ import threading
 import httpx
 
 from fedstack.cli import Homeserver, free_port
-from tests.processes import CallbackServer, api_url, start_homeserver
+from tests.processes import CallbackServer, api_headers, api_url, start_homeserver
 
 
 def cpu_seconds(pid: int) -> float:
@@ -20,7 +20,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def post(hs, path, body=None, base=None):
-    r = httpx.post((base or api_url(hs)) + path, json=body, timeout=60)
+    r = httpx.post((base or api_url(hs)) + path, json=body, timeout=60, headers=api_headers(hs))
     assert r.status_code == 200, r.text
     return r.json()
 

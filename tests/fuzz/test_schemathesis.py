@@ -123,6 +123,7 @@ async def _send(w: World, service: str, case, sign: bool) -> httpx.Response:
     headers = {k: v for k, v in prepared.headers.items()
                if k.lower() not in ("content-length", "connection", "accept-encoding")}
     headers[SECRET_HEADER] = w.ours.settings.secret()
+    headers["authorization"] = f"Bearer {w.ours.settings.token()}"   # the domain API's token
     body = prepared.body.encode("utf-8") if isinstance(prepared.body, str) else prepared.body
     transport = httpx.ASGITransport(app=_app(w, service), raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, timeout=30) as client:

@@ -12,7 +12,7 @@ from typing import Callable
 import httpx
 
 from tests.interop.synapse_peer import SynapseAPIError, SynapsePeer
-from tests.processes import CallbackServer, api_url, start_homeserver
+from tests.processes import CallbackServer, api_headers, api_url, start_homeserver
 
 
 class FedstackPeer:
@@ -21,7 +21,7 @@ class FedstackPeer:
         self.callbacks = callbacks
         self.server_name: str = hs.settings.server_name
         self.url = api_url(hs)
-        self._http = httpx.Client(timeout=60, trust_env=False)
+        self._http = httpx.Client(timeout=60, trust_env=False, headers=api_headers(hs))
 
     @classmethod
     def start(cls, data_dir: Path, callbacks: CallbackServer) -> "FedstackPeer":

@@ -186,7 +186,7 @@ class FakeTransaction:
         async def add(body: tx_c.SubscriptionIn):
             sid = uuid.uuid4().hex
             self.subs[sid] = {**body.model_dump(), "subscription_id": sid, "position": self.max_position(),
-                              "owner": None}
+                              "owner": None, "hs_token": "hs-" + sid}
             return self.public(sid)
 
         @app.get(tx_c.SUBSCRIPTIONS)
@@ -256,6 +256,7 @@ class Receiver:
     def __init__(self, log: list):
         self.log = log
         self.attempts: list[tuple[bytes, int]] = []    # every POST, raw body and our status
+        self.headers: list[dict] = []                   # and its headers
         self.fail_next = 0
         self.app = FastAPI()
 
@@ -265,6 +266,7 @@ class Receiver:
             status = 500 if self.fail_next else 200
             self.fail_next = max(0, self.fail_next - 1)
             self.attempts.append((raw, status))
+            self.headers.append(dict(request.headers))
             self.log.append(("callback", status))
             return Response(b"{}" if status == 200 else b"nope", status)
 

@@ -88,10 +88,11 @@ async def test_subscribe_and_unsubscribe_go_to_the_transaction_service(public_cl
     resp = await public_client.post(c.SUBSCRIPTIONS, json={"url": "http://cb.test/hook", "room_id": ROOM,
                                                            "types": ["m.room.message"]})
     assert resp.status_code == 200, resp.text
-    sid = c.SubscriptionResponse.model_validate(resp.json()).subscription_id
+    answer = c.SubscriptionResponse.model_validate(resp.json())
+    sid = answer.subscription_id
     assert fake_tx.public(sid) | {"position": 0} == {"subscription_id": sid, "url": "http://cb.test/hook",
                                                      "room_id": ROOM, "types": ["m.room.message"],
-                                                     "position": 0}
+                                                     "position": 0, "hs_token": answer.hs_token}
     resp = await public_client.delete(c.SUBSCRIPTION.format(subscription_id=sid))
     assert resp.status_code == 200 and sid not in fake_tx.subs
     resp = await public_client.delete(c.SUBSCRIPTION.format(subscription_id=sid))
