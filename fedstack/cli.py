@@ -87,7 +87,7 @@ def _uvicorn_config(app, host, port, **kw):
     import uvicorn
     return uvicorn.Config(app, host=host, port=port, log_level=os.environ.get("FEDSTACK_LOG_LEVEL", "warning"),
                           access_log=False, loop="uvloop", http="httptools", ws="none", timeout_graceful_shutdown=3,
-                          proxy_headers=False, **kw)
+                          proxy_headers=False, log_config=None, **kw)   # logging: shared.logs
 
 
 def serve(service: str, settings: Settings) -> None:
@@ -96,9 +96,10 @@ def serve(service: str, settings: Settings) -> None:
     import logging
 
     import uvicorn
-    # our own loggers (fedstack.*) at the level uvicorn uses: FEDSTACK_LOG_LEVEL
-    logging.basicConfig(level=os.environ.get("FEDSTACK_LOG_LEVEL", "warning").upper(),
-                        format=f"%(asctime)s {service} %(name)s %(levelname)s: %(message)s")
+    # our own loggers (fedstack.*) at the level uvicorn uses (FEDSTACK_LOG_LEVEL), one
+    # JSON object per line or text (FEDSTACK_LOG_FORMAT), each with its request id
+    from shared.logs import configure
+    configure(service)
     module = importlib.import_module(f"services.{service}.app")
     app = module.create_app(settings)
     configs = [_uvicorn_config(app, settings.bind_host, settings.port)]
@@ -147,13 +148,15 @@ def _reload_tls_on_sighup(config, settings: Settings) -> None:
 
 
 class PublicOnly:
-    """The transport's public listener: the same app, minus every internal route."""
+    """The transport's public listener: the same app, minus every internal route (and its
+    metrics, which are for the homeserver's operator only)."""
 
     def __init__(self, app):
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"].startswith("/_internal/"):
+        if scope["type"] == "http" and (scope["path"].startswith("/_internal/")
+                                        or scope["path"] == "/metrics"):
             await send({"type": "http.response.start", "status": 404,
                         "headers": [(b"content-type", b"application/json")]})
             await send({"type": "http.response.body",
@@ -331,7 +334,13 @@ def main(argv=None) -> int:
     tok.add_argument("--data-dir", required=True)
     sv = sub.add_parser("serve", help="run one service from FEDSTACK_* settings")
     sv.add_argument("service", choices=SERVICES)
+    from fedstack import admin
+    admin.add_arguments(sub.add_parser("admin", help="the operator's views and actions over "
+                                       "the messaging API (fedstack admin status, destinations, "
+                                       "retry NAME, rooms, origins, subscriptions, rotate-token)"))
     args = parser.parse_args(argv)
+    if args.cmd == "admin":
+        return admin.run(args)
     if args.cmd == "serve":
         serve(args.service, Settings.from_env())
         return 0

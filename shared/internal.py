@@ -21,6 +21,8 @@ import orjson
 
 from shared.canonical import dumps
 from shared.errors import MatrixError
+from shared.logs import HEADER as REQUEST_ID_HEADER
+from shared.logs import request_id
 
 SECRET_HEADER = "x-fedstack-secret"
 INTERNAL_PREFIX = "/_internal/"
@@ -101,6 +103,9 @@ class InternalClient:
             raise OSError(f"internal request {method} {path} timed out") from exc
 
     async def _send(self, method, path, content, params, headers) -> tuple[int, bytes]:
+        rid = request_id.get()
+        if rid:         # the request id travels on every internal hop (shared.logs)
+            headers = {**headers, REQUEST_ID_HEADER: rid} if headers else {REQUEST_ID_HEADER: rid}
         n = len(self.base_urls)
         start = self._next
         self._next = (self._next + 1) % n
@@ -124,6 +129,10 @@ class InternalClient:
             except orjson.JSONDecodeError:
                 data = {"errcode": "M_UNKNOWN", "error": raw[:200].decode("utf-8", "replace")}
         return status, data
+
+    async def raw(self, method: str, path: str) -> tuple[int, bytes]:
+        """(status, body bytes) of one request whose answer is not JSON (`/metrics`)."""
+        return await self._send(method, path, None, None, None)
 
     async def call(self, method: str, path: str, body=None, params=None):
         """Like `request`, but raise the callee's `MatrixError` on a non-2xx status."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import types
 import typing
+from time import perf_counter
 
 import orjson
 from fastapi import FastAPI, Request
@@ -26,6 +27,8 @@ from starlette.routing import Match, Route
 from shared.canonical import BadJSON, dumps, parse_json_body
 from shared.errors import MatrixError, install_error_handlers
 from shared.internal import InternalSecretMiddleware
+from shared.logs import accept_request_id, request_id
+from shared.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 
 class _AnyText(Convertor):
@@ -85,8 +88,11 @@ async def read_json(request: Request, *, require_object: bool = True):
     return data
 
 
-def new_app(title: str, secret: str | None, version: str = "0.1.0", **kwargs) -> FastAPI:
-    """A FastAPI app with Matrix errors, `/health`, and the internal-secret guard."""
+def new_app(title: str, secret: str | None, version: str = "0.1.0", *, metrics=None,
+            metrics_route: bool = True, **kwargs) -> FastAPI:
+    """A FastAPI app with Matrix errors, `/health`, and the internal-secret guard; with
+    `metrics` (a `shared.metrics.Metrics`), every request is timed per route template and,
+    unless `metrics_route` is False, `GET /metrics` serves them (Prometheus text)."""
     app = FastAPI(title=title, version=version, **kwargs)
     app.router.redirect_slashes = False     # an unknown path is 404, never a redirect
     install_error_handlers(app)
@@ -94,6 +100,12 @@ def new_app(title: str, secret: str | None, version: str = "0.1.0", **kwargs) ->
     @app.get("/health", tags=["health"])
     async def health() -> dict:
         return {"status": "ok", "service": title}
+
+    app.state.metrics = metrics
+    if metrics is not None and metrics_route:
+        @app.get("/metrics", include_in_schema=False)
+        async def prometheus_metrics() -> Response:
+            return Response(await metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     if secret is not None:
         app.add_middleware(InternalSecretMiddleware, secret=secret)
@@ -138,6 +150,9 @@ class _LeanFront:
     def __init__(self, app: FastAPI, full_stack, routes: list[Route]):
         self.full_stack = full_stack
         self.routes = routes
+        self.metrics = getattr(app.state, "metrics", None)
+        self.timers = {} if self.metrics is None else {
+            (r.path, m): self.metrics.route_timer(m, r.path) for r in routes for m in r.methods}
         self.handlers = dict(app.exception_handlers)
         lean = self._serve
         for cls, args, kwargs in reversed(app.user_middleware):
@@ -145,14 +160,33 @@ class _LeanFront:
         self.lean = lean
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            for route in self.routes:
-                match, child = route.matches(scope)
-                if match is Match.FULL:
-                    scope.update(child)
-                    scope["fedstack.lean_route"] = route
+        if scope["type"] != "http":
+            return await self.full_stack(scope, receive, send)
+        start = perf_counter()
+        token = request_id.set(accept_request_id(scope))   # reset below: in-process
+        try:                                                # callers share our context
+            await self._dispatch(scope, receive, send, start)
+        finally:
+            request_id.reset(token)
+
+    async def _dispatch(self, scope, receive, send, start):
+        for route in self.routes:
+            match, child = route.matches(scope)
+            if match is Match.FULL:
+                scope.update(child)
+                scope["fedstack.lean_route"] = route
+                try:
                     return await self.lean(scope, receive, send)
-        await self.full_stack(scope, receive, send)
+                finally:
+                    timer = self.timers.get((route.path, scope["method"]))
+                    if timer is not None:
+                        timer.observe(perf_counter() - start)
+        try:
+            await self.full_stack(scope, receive, send)
+        finally:
+            if self.metrics is not None:   # the route the router matched (its template)
+                route = getattr(scope.get("route"), "path", "unmatched")
+                self.metrics.route_timer(scope["method"], route).observe(perf_counter() - start)
 
     async def _serve(self, scope, receive, send):
         request = Request(scope, receive)

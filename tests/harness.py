@@ -132,6 +132,7 @@ class InProcessHomeserver:
             federation_transports=self.network)
         self.messaging_app = messaging_app(
             s, pdu_client=PduClient("http://pdu", secret, transport=asgi(self.pdu_app)),
+            transport_client=InternalClient("http://transport", secret, transport=asgi(self.transport_app)),
             transaction_client=TransactionClient("http://tx", secret, transport=asgi(self.tx_app)),
             callback_http=httpx.AsyncClient(transport=asgi(self.receiver.app), base_url="http://cb"))
         self.link = Link(asgi(self.transport_app))

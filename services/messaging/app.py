@@ -16,7 +16,11 @@ from services.messaging.delivery import Delivery
 from services.messaging.devices import Devices
 from services.messaging.ephemeral import Ephemeral
 from services.messaging.routes import devices as devices_routes
+from services.messaging.routes import admin as admin_routes
+from services.messaging.routes import dashboard as dashboard_routes
 from services.messaging.routes import ephemeral as ephemeral_routes
+from shared.internal import InternalClient
+from shared.metrics import Metrics
 from shared.contracts import messaging as c
 from shared.contracts.pdu import Backfill, BackfillResponse, PduClient
 from shared.contracts.transaction import TransactionClient
@@ -27,12 +31,15 @@ from shared.settings import Settings
 
 class MessagingService:
     def __init__(self, settings: Settings, *, pdu_client=None, transaction_client=None,
-                 callback_http=None):
+                 callback_http=None, transport_client=None, metrics: Metrics | None = None):
         secret = settings.secret()
+        self.metrics = metrics or Metrics("messaging")
         self.pdu = pdu_client or PduClient(settings.pdu_url, secret)
         self.tx = transaction_client or TransactionClient(settings.transaction_url, secret)
+        # only for the operator's views (its /metrics and /health)
+        self.transport = transport_client or InternalClient(settings.transport_url, secret)
         owner = f"{socket.gethostname()}:{settings.port}" if settings.port else None
-        self.delivery = Delivery(self.tx, http=callback_http, owner=owner)
+        self.delivery = Delivery(self.tx, http=callback_http, owner=owner, metrics=self.metrics)
         self.ephemeral = Ephemeral(self.pdu, self.tx, settings.server_name)
         self.devices = Devices(self.pdu, self.tx, settings.server_name)
 
@@ -40,12 +47,15 @@ class MessagingService:
         await self.delivery.stop()
         await self.pdu.aclose()
         await self.tx.aclose()
+        await self.transport.aclose()
 
 
 def create_app(settings: Settings, **clients):
+    metrics = Metrics("messaging")
+
     @asynccontextmanager
     async def lifespan(app):
-        svc = MessagingService(settings, **clients)
+        svc = MessagingService(settings, metrics=metrics, **clients)
         app.state.svc = svc
         await svc.delivery.start()
         try:
@@ -54,7 +64,10 @@ def create_app(settings: Settings, **clients):
             await svc.stop()
 
     # The domain API is the homeserver's own, reachable by its other parts: no secret.
-    app = new_app("fedstack-messaging", None, lifespan=lifespan)
+    app = new_app("fedstack-messaging", None, lifespan=lifespan, metrics=metrics,
+                  metrics_route=False)     # its /metrics is the combined view (admin routes)
+    app.state.settings = settings
+    app.state.origin_rates = admin_routes.OriginRates()
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(JsonBodyMiddleware)
     app.add_middleware(ApiTokenMiddleware, tokens=TokenSource(settings))   # outermost
@@ -134,6 +147,8 @@ def create_app(settings: Settings, **clients):
         return {}
 
     app.include_router(ephemeral_routes.router)
+    app.include_router(admin_routes.router)
+    app.include_router(dashboard_routes.router)
     app.include_router(devices_routes.router)
     serve_lean(app, send, send_batch)   # the per-event routes
     return app

@@ -27,6 +27,7 @@ import aiohttp
 from services.messaging.auth import callback_headers
 from shared.canonical import dumps
 from shared.errors import MatrixError
+from shared.metrics import Metrics
 
 log = logging.getLogger("fedstack.messaging.delivery")
 
@@ -42,9 +43,16 @@ class LeaseLost(Exception):
 
 
 class Delivery:
-    def __init__(self, tx, *, http=None, owner: str | None = None):
+    def __init__(self, tx, *, http=None, owner: str | None = None, metrics=None):
         """`http`: an httpx.AsyncClient (in-process tests hand one in); else aiohttp."""
         self.tx = tx
+        m = metrics or Metrics("messaging")
+        self.m_batches = m.counter("fedstack_subscription_batches_total", "Callback batches "
+                                   "per subscription and outcome (delivered, retried)",
+                                   ["subscription", "outcome"])
+        self.m_delivered = m.histogram("fedstack_event_delivered_seconds", "Events: from "
+                                       "their origin_server_ts to their callback's 2xx")
+        self.last_delivered: dict[str, float] = {}   # subscription -> time of its last 2xx
         self.http = http
         self._session: aiohttp.ClientSession | None = None
         # A stable identity (host and port) lets a restarted replica take its leases back
@@ -164,11 +172,13 @@ class Delivery:
             edus = [dict(e["edu"], position=e["position"]) for e in received
                     if types is None or e["edu"].get("edu_type") in types]
             if events or edus:
-                await self._post_until_acknowledged(sub, events, last, edus)
+                rids = {e["event"]["event_id"]: e["request_id"] for e in page["events"]
+                        if e.get("request_id")}
+                await self._post_until_acknowledged(sub, events, last, edus, rids)
             position, unsaved = last, True
 
     async def _post_until_acknowledged(self, sub: dict, events: list, last: int,
-                                       edus: list = ()) -> None:
+                                       edus: list = (), rids: dict | None = None) -> None:
         body = dumps({"subscription_id": sub["subscription_id"], "events": events,
                              "edus": list(edus), "position": last})
         delay = RETRY_MIN_S
@@ -176,12 +186,27 @@ class Delivery:
             try:
                 status = await self._post(sub["url"], body, callback_headers(sub.get("hs_token"), body))
                 if 200 <= status < 300:
+                    self._delivered(sub["subscription_id"], events, rids or {})
                     return
                 log.info("callback %s answered %s", sub["url"], status)
             except OSError as exc:
                 log.info("callback %s failed: %s", sub["url"], exc)
+            self.m_batches.labels(sub["subscription_id"], "retried").inc()
             await asyncio.sleep(delay)
             delay = min(RETRY_MAX_S, delay * 2)
+
+    def _delivered(self, sid: str, events: list, rids: dict) -> None:
+        now = time.time()
+        if log.isEnabledFor(logging.INFO):   # one line per event, under its request id
+            for ev in events:
+                log.info("delivered %s to subscription %s", ev.get("event_id"), sid,
+                         extra={"request_id": rids.get(ev.get("event_id"))})
+        self.last_delivered[sid] = now
+        self.m_batches.labels(sid, "delivered").inc()
+        for ev in events:
+            ts = ev.get("origin_server_ts")
+            if isinstance(ts, int) and not isinstance(ts, bool):
+                self.m_delivered.observe(max(0.0, now - ts / 1000))
 
     async def _post(self, url: str, body: bytes, headers: dict) -> int:
         """POST one batch; the receiver's status, or OSError when there was no answer."""

@@ -17,7 +17,9 @@ from services.pdu.inbound import InboundHandler
 from services.pdu.keyring import Keyring
 from services.pdu.membership import MembershipHandler
 from services.pdu.rooms import RoomHandler
+from services.pdu.routes import admin as admin_routes
 from services.pdu.routes import servers as servers_routes
+from shared.metrics import Metrics
 from services.pdu.storage import Storage
 from shared.contracts import pdu as c
 from shared.contracts.transaction import TransactionClient
@@ -35,12 +37,14 @@ def now_ms() -> int:
 
 
 class PduService:
-    def __init__(self, settings: Settings, *, transaction_client=None):
+    def __init__(self, settings: Settings, *, transaction_client=None,
+                 metrics: Metrics | None = None):
         self.settings = settings
         name = settings.server_name
         key = SigningKey.load(settings.path("signing_key"))
         self.tx = transaction_client or TransactionClient(settings.transaction_url, settings.secret())
         self.storage = Storage(self.tx)
+        self.storage.metrics = metrics or Metrics("pdu")   # what the pdu modules count in
         self.acls = RoomAcls(self.storage)
         self.keyring = Keyring(self.tx, name, key, load_old_verify_keys(settings.data_dir))
         self.rooms = RoomHandler(self.storage, self.tx, name, key, acls=self.acls)
@@ -53,16 +57,18 @@ class PduService:
 
 
 def create_app(settings: Settings, **clients):
+    metrics = Metrics("pdu")
+
     @asynccontextmanager
     async def lifespan(app):
-        svc = PduService(settings, **clients)
+        svc = PduService(settings, metrics=metrics, **clients)
         app.state.svc = svc
         try:
             yield
         finally:
             await svc.tx.aclose()
 
-    app = new_app("fedstack-pdu", settings.secret(), lifespan=lifespan)
+    app = new_app("fedstack-pdu", settings.secret(), lifespan=lifespan, metrics=metrics)
 
     def svc(request: Request) -> PduService:
         return request.app.state.svc
@@ -185,5 +191,6 @@ def create_app(settings: Settings, **clients):
             origin(request), room_id, body))
 
     app.include_router(servers_routes.router)
+    app.include_router(admin_routes.router)
     serve_lean(app, inbound, send, send_batch)   # the per-event routes
     return app

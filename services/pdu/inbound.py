@@ -24,6 +24,8 @@ from urllib.parse import quote
 from services.pdu.acl import RoomAcls
 from services.pdu.authrules import AuthError, check_auth, check_auth_events_list
 from services.pdu.keyring import SignatureFailed
+from shared.logs import request_id
+from shared.metrics import Metrics
 from services.pdu.redaction import pending_redaction, redaction_update, redacts_target
 from services.pdu.rooms import create_event_of
 from services.pdu.state import resolve, state_spec
@@ -61,6 +63,10 @@ class InboundHandler:
         self.server_name = server_name
         self._absent: set[str] = set()
         self.dropped: Counter = Counter()     # reason class -> events dropped (never reset)
+        self.m_pdus = (getattr(storage, "metrics", None) or Metrics("pdu")).counter(
+            "fedstack_inbound_pdus_total", "Inbound PDUs per origin and outcome (transaction "
+            "service: staged or unstaged; pdu service: accepted, rejected, soft_failed, "
+            "dropped, duplicate)", ["origin", "outcome"])
 
     async def handle_batch(self, items: list[dict]) -> None:
         """Process relayed inbox items, in order per room; every inbox id is consumed.
@@ -77,7 +83,7 @@ class InboundHandler:
                 try:
                     async with self.storage.batch():
                         for item in group:
-                            await self._receive_item(item)
+                            await self._counted(item)
                 except MatrixError as exc:
                     if is_infrastructure_failure(exc):
                         raise
@@ -86,7 +92,19 @@ class InboundHandler:
                                     len(group), room_id, exc)
                     self._absent = set()
                     for item in group:
-                        await self._receive_item(item)
+                        await self._counted(item)
+
+    async def _counted(self, item: dict) -> None:
+        """`_receive_item` under the request id that staged the item (its log lines and
+        hops carry it), and a drop counted under the item's origin."""
+        token = request_id.set(item.get("request_id") or request_id.get())
+        try:
+            before = sum(self.dropped.values())
+            await self._receive_item(item)
+            if sum(self.dropped.values()) > before:
+                self.m_pdus.labels(item["origin"], "dropped").inc()
+        finally:
+            request_id.reset(token)
 
     async def _prefetch(self, room_id: str, group: list[dict]) -> set[str]:
         """Which of a group's events are not stored yet, so each event's own "already
@@ -151,6 +169,7 @@ class InboundHandler:
         elif await self.storage.records([event_id]):
             if inbox_ids:
                 await self.storage.persist({"inbox_ids": list(inbox_ids)})
+                self.m_pdus.labels(origin, "duplicate").inc()
             return event_id
         try:
             pdu = await self.keyring.check_event(pdu, rv)
@@ -161,7 +180,10 @@ class InboundHandler:
         if foreign:
             raise EventDropped(f"prev_events {foreign} belong to another room")
         await self._fill_gaps(pdu, event_id, room, origin, depth)
-        await self._authorise_and_store(pdu, event_id, rv, list(inbox_ids), set(forward_to))
+        outcome = await self._authorise_and_store(pdu, event_id, rv, list(inbox_ids), set(forward_to))
+        if inbox_ids:   # relayed from a transaction (not fetched to fill a gap)
+            self.m_pdus.labels(origin, outcome).inc()
+            log.info("PDU %s from %s: %s", event_id, origin, outcome)
         return event_id
 
     async def _fill_gaps(self, pdu: dict, event_id: str, room: dict, origin: str, depth: int) -> None:
@@ -224,7 +246,9 @@ class InboundHandler:
         return {e for e in event_ids if e not in have or have[e]["outlier"]}
 
     async def _authorise_and_store(self, pdu: dict, event_id: str, rv, inbox_ids: list,
-                                   forward_to: set = frozenset()) -> None:
+                                   forward_to: set = frozenset()) -> str:
+        """Authorise and store (or queue in the batch) one event; its outcome: accepted,
+        rejected or soft_failed."""
         room_id = pdu["room_id"]
         room = await self.storage.room(room_id)
         ev = dict(pdu, event_id=event_id)
@@ -285,6 +309,7 @@ class InboundHandler:
             if exc.status == 409:   # another writer moved the room on: redo against it
                 return await self._authorise_and_store(pdu, event_id, rv, inbox_ids, forward_to)
             raise
+        return "rejected" if rejected is not None else "soft_failed" if soft_failed else "accepted"
 
     async def _apply_redaction(self, ev, rv, state_events, create, req) -> None:
         target = redacts_target(ev, rv)

@@ -20,6 +20,11 @@ from starlette.responses import Response
 from services.transaction import store_events as se
 from services.transaction import store_federation as sf
 from services.transaction import store_edus
+from services.transaction import store_stats
+from services.transaction import store_trace
+from services.transaction.routes import admin as admin_routes
+from shared import gauges
+from shared.metrics import Metrics
 from services.transaction.db import Database
 from services.transaction.device_resync import DeviceResync
 from services.transaction.edu_checks import EduChecker
@@ -42,14 +47,17 @@ from shared.settings import Settings
 class TransactionService:
     """Everything the routes need; one instance per app."""
 
-    def __init__(self, settings: Settings, *, transport_client=None, pdu_client=None):
+    def __init__(self, settings: Settings, *, transport_client=None, pdu_client=None,
+                 metrics: Metrics | None = None):
         self.settings = settings
         secret = settings.secret()
-        self.db = Database(settings.path("db"))
+        self.metrics = metrics = metrics or Metrics("transaction")
+        self.db = Database(settings.path("db"), metrics)
         self.transport = transport_client or TransportClient(settings.transport_url, secret)
         self.pdu = pdu_client or PduClient(settings.pdu_url, secret)
-        self.relay = Relay(self.db, self.pdu)
-        self.sender = Sender(self.db, self.transport, settings)
+        self.relay = Relay(self.db, self.pdu, metrics=metrics)
+        self.sender = Sender(self.db, self.transport, settings, metrics=metrics)
+        metrics.on_scrape(self.scrape)
         self.room_servers = RoomServers(self.pdu)
         self.edu_checker = EduChecker(settings.server_name, self.room_servers)
         self.device_resync = DeviceResync(self.db, self.transport, self.wake_stream)
@@ -71,6 +79,12 @@ class TransactionService:
         await self.transport.aclose()
         await self.pdu.aclose()
         await self.db.close()
+
+    async def scrape(self) -> None:
+        """The gauges of current state: queues, backoffs and subscription lags."""
+        gauges.set_destinations(self.metrics, await admin_routes.destinations_view(self),
+                                self.sender.clock())
+        gauges.set_subscriptions(self.metrics, await self.db.run(store_stats.subscriptions))
 
     async def wake_stream(self) -> None:
         """New items in the live stream (EDUs): wake the long polls."""
@@ -122,7 +136,7 @@ class TransactionService:
 def _save_and_read(conn, save, after: int, limit: int, room_id, edus: bool = False):
     if save is not None:
         sf.set_subscription_position(conn, save[0], after, save[1])
-    events = se.stream(conn, after, limit, room_id)
+    events = store_trace.annotate(conn, se.stream(conn, after, limit, room_id))
     if not edus:
         return events, []
     return store_edus.merge(events, store_edus.stream(conn, after, limit, room_id), limit)
@@ -131,9 +145,11 @@ def _save_and_read(conn, save, after: int, limit: int, room_id, edus: bool = Fal
 def create_app(settings: Settings, **clients):
     svc_holder: dict = {}
 
+    metrics = Metrics("transaction")
+
     @asynccontextmanager
     async def lifespan(app):
-        svc = TransactionService(settings, **clients)
+        svc = TransactionService(settings, metrics=metrics, **clients)
         await svc.start()
         app.state.svc = svc
         try:
@@ -141,7 +157,7 @@ def create_app(settings: Settings, **clients):
         finally:
             await svc.stop()
 
-    app = new_app("fedstack-transaction", settings.secret(), lifespan=lifespan)
+    app = new_app("fedstack-transaction", settings.secret(), lifespan=lifespan, metrics=metrics)
 
     def svc(request: Request) -> TransactionService:
         return request.app.state.svc
@@ -295,6 +311,7 @@ def create_app(settings: Settings, **clients):
                                          body.ttl_s, time.time())
 
     app.include_router(edus_routes.router)
+    app.include_router(admin_routes.router)
     app.include_router(rooms_routes.router)
     app.include_router(devices_routes.router)
     serve_lean(app, inbound, persist, get_events, stream)   # the per-event routes

@@ -26,7 +26,10 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from pathlib import Path
+
+from shared.metrics import SIZE_BUCKETS
 
 log = logging.getLogger("fedstack.transaction.db")
 
@@ -72,6 +75,9 @@ CREATE TABLE IF NOT EXISTS subscriptions (
     subscription_id TEXT PRIMARY KEY, url TEXT NOT NULL, room_id TEXT, types TEXT,
     position INTEGER NOT NULL, lease_owner TEXT, lease_until FLOAT, hs_token TEXT);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS event_request_ids (  -- store_trace: the request that staged an event
+    event_id TEXT PRIMARY KEY, request_id TEXT NOT NULL, ts FLOAT NOT NULL);
+CREATE INDEX IF NOT EXISTS event_request_ids_ts ON event_request_ids (ts);
 CREATE TABLE IF NOT EXISTS edu_stream (
     stream INTEGER PRIMARY KEY,              -- taken from the events table's sequence
     origin TEXT NOT NULL, edu_type TEXT NOT NULL, room_id TEXT, content BLOB NOT NULL);
@@ -115,8 +121,18 @@ class Database:
     """sqlite behind one worker thread. `await db.run(fn, *args)` runs fn(conn, *args)
     atomically on that thread (see the module invariants) and returns its result."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, metrics=None):
         self.path = Path(path)
+        self.metrics = metrics      # the service's Metrics (None: not measured)
+        self._timers: dict = {}     # fn -> its latency histogram child
+        self._call_seconds = self._group_size = None
+        if metrics is not None:
+            self._call_seconds = metrics.histogram(
+                "fedstack_db_call_seconds", "Database call latency (queue wait, run and "
+                "commit), per call", ["call"])
+            self._group_size = metrics.threadsafe_histogram(
+                "fedstack_db_group_commit_size", "Calls sharing one commit", [],
+                buckets=SIZE_BUCKETS)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_fd = os.open(str(self.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -141,8 +157,18 @@ class Database:
             raise RuntimeError("database is closed")
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
+        if self._call_seconds is None:
+            self._queue.put(_Call(fn, args, loop, fut))
+            return await fut
+        timer = self._timers.get(fn)
+        if timer is None:
+            timer = self._timers[fn] = self._call_seconds.labels(getattr(fn, "__name__", "call"))
+        start = time.perf_counter()
         self._queue.put(_Call(fn, args, loop, fut))
-        return await fut
+        try:
+            return await fut
+        finally:
+            timer.observe(time.perf_counter() - start)
 
     @property
     def queued(self) -> int:
@@ -187,6 +213,8 @@ class Database:
                         break
                     calls.append(nxt)
                 self._run_group(conn, calls)
+                if self._group_size is not None:
+                    self._group_size.observe(len(calls))
                 for c in calls:
                     try:
                         c.loop.call_soon_threadsafe(_settle, c.future, c.result, c.error)

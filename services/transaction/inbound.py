@@ -14,28 +14,45 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import orjson
 
-from services.transaction import store_events, store_federation
+from services.transaction import store_events, store_federation, store_trace
+from shared.logs import request_id
 from shared.errors import MatrixError
+from shared.metrics import EDU_TYPES, Metrics, bounded
 from shared.events import EventFormatError, compute_event_id, validate_event_format
 from shared.room_versions import KNOWN_ROOM_VERSIONS, DEFAULT_ROOM_VERSION
 
 MAX_PDUS = 50
 MAX_EDUS = 100
 MAX_CACHED_ROOMS = 10_000
+PRUNE_EVERY = 1000       # stagings between two prunings of old request ids
+log = logging.getLogger("fedstack.transaction.inbound")
 
 
 class InboundTransactions:
-    def __init__(self, db, on_staged, edus=None, on_edus=None):
+    def __init__(self, db, on_staged, edus=None, on_edus=None, metrics=None):
         self.db = db
+        m = metrics or getattr(db, "metrics", None) or Metrics("transaction")
+        self.m_txns = m.counter("fedstack_inbound_transactions_total",
+                                "Inbound /send transactions per origin and outcome "
+                                "(accepted, duplicate, refused)", ["origin", "outcome"])
+        self.m_pdus = m.counter("fedstack_inbound_pdus_total",
+                                "Inbound PDUs per origin and outcome (transaction service: "
+                                "staged or unstaged; pdu service: accepted, rejected, "
+                                "soft_failed, dropped, duplicate)", ["origin", "outcome"])
+        self.m_edus = m.counter("fedstack_inbound_edus_total",
+                                "Inbound EDUs per type: received, and stored (items after "
+                                "the checks)", ["edu_type", "outcome"])
         self.on_staged = on_staged           # called after a commit that staged PDUs
         self.edus = edus                     # EduChecker: what of the EDUs is stored
         self.on_edus = on_edus               # awaited after a commit that stored EDUs
         self._running: dict[str, tuple[str, asyncio.Future]] = {}
         self._versions: dict[str, str] = {}  # room_id -> room version (never changes)
+        self._stagings = 0
 
     async def receive(self, origin: str, txn_id: str, body) -> bytes:
         room_ids = _room_ids(body)
@@ -46,6 +63,7 @@ class InboundTransactions:
             stored, found = await self.db.run(_lookup, origin, txn_id,
                                               [r for r in room_ids if r not in versions])
             if stored is not None:
+                self.m_txns.labels(origin, "duplicate").inc()
                 return stored
             if len(self._versions) > MAX_CACHED_ROOMS:
                 self._versions.clear()
@@ -55,11 +73,17 @@ class InboundTransactions:
         if running is not None:
             if running[0] == txn_id:
                 return await asyncio.shield(running[1])
+            self.m_txns.labels(origin, "refused").inc()
             raise MatrixError(429, "M_UNKNOWN", "Too many concurrent transactions")
         fut = asyncio.get_running_loop().create_future()
         self._running[origin] = (txn_id, fut)
         try:
-            response = await self._process(origin, txn_id, body, versions)
+            try:
+                response = await self._process(origin, txn_id, body, versions)
+            except MatrixError:
+                self.m_txns.labels(origin, "refused").inc()
+                raise
+            self.m_txns.labels(origin, "accepted").inc()
             fut.set_result(response)
             return response
         except BaseException as exc:
@@ -81,13 +105,31 @@ class InboundTransactions:
                 staged.append((room_id, pdu, key))
         response = orjson.dumps({"pdus": results})
         checked = await self.edus.check(origin, edus) if edus and self.edus is not None else ()
-        response = await self.db.run(store_federation.stage_transaction, origin, txn_id,
+        self._stagings += 1
+        if self._stagings % PRUNE_EVERY == 0:
+            await self.db.run(store_trace.prune, time.time())
+        response = await self.db.run(store_trace.stage, request_id.get(), origin, txn_id,
                                      response, staged, int(time.time() * 1000), checked)
+        log.info("staged transaction %s from %s: %d of %d PDUs, %d EDUs", txn_id, origin,
+                 len(staged), len(pdus), len(edus))
+        self._count(origin, len(results), len(staged), edus, checked)
         if staged:
             self.on_staged()
         if checked and self.on_edus is not None:
             await self.on_edus()
         return response
+
+
+    def _count(self, origin: str, entries: int, staged: int, edus: list, checked) -> None:
+        if staged:
+            self.m_pdus.labels(origin, "staged").inc(staged)
+        if entries > staged:
+            self.m_pdus.labels(origin, "unstaged").inc(entries - staged)
+        for edu in edus:
+            t = edu.get("edu_type") if isinstance(edu, dict) else None
+            self.m_edus.labels(bounded(t, EDU_TYPES), "received").inc()
+        for item in checked:
+            self.m_edus.labels(bounded(item[0], EDU_TYPES), "stored").inc()
 
 
 def _check_shape(body) -> tuple[list, list]:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
-from services.transaction import store_federation
+from services.transaction import store_trace
+from shared.logs import request_id
+from shared.metrics import Metrics
 
 log = logging.getLogger("fedstack.transaction.relay")
 
@@ -19,8 +22,12 @@ BATCH = 100
 
 
 class Relay:
-    def __init__(self, db, pdu_client, retry_s: float = 0.5):
+    def __init__(self, db, pdu_client, retry_s: float = 0.5, metrics=None):
         self.db = db
+        self._woken_at: float | None = None   # the oldest staging not yet relayed
+        self.m_stored = (metrics or Metrics("transaction")).histogram(
+            "fedstack_event_stored_seconds", "Received PDUs: from the staging commit of "
+            "their transaction to the pdu service having processed and stored them")
         self.pdu = pdu_client
         self.retry_s = retry_s
         self._wake = asyncio.Event()
@@ -39,6 +46,8 @@ class Relay:
                 pass
 
     def wake(self) -> None:
+        if self._woken_at is None:
+            self._woken_at = time.monotonic()
         self._wake.set()
 
     async def _run(self) -> None:
@@ -46,15 +55,22 @@ class Relay:
             await self._wake.wait()
             self._wake.clear()
             while True:
-                items = await self.db.run(store_federation.read_inbox, BATCH)
+                since, self._woken_at = self._woken_at, None
+                items = await self.db.run(store_trace.read_inbox, BATCH)
                 if not items:
                     break
-                try:
+                try:   # the hop carries the request id of the batch's first PDU
+                    request_id.set(items[0].get("request_id"))
                     await self.pdu.inbound(items)
+                    if since is not None:
+                        took = time.monotonic() - since
+                        for _ in items:
+                            self.m_stored.observe(took)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # pdu down or failing: try again later
                     log.warning("relay to pdu failed (%s); retrying", exc)
+                    self._woken_at = since if since is not None else self._woken_at
                     await asyncio.sleep(self.retry_s)
                     continue
                 if len(items) < BATCH and not self._wake.is_set():

@@ -25,6 +25,7 @@ import time
 from urllib.parse import quote
 
 from services.transaction import store_federation as sf
+from shared.metrics import Metrics
 
 log = logging.getLogger("fedstack.transaction.sender")
 
@@ -36,8 +37,18 @@ _NO_BACKOFF = {"retry_at": 0.0, "retry_interval": 0.0, "failures": 0, "known": T
 
 
 class Sender:
-    def __init__(self, db, transport, settings, *, clock=time.time):
+    def __init__(self, db, transport, settings, *, clock=time.time, metrics=None):
         self.db = db
+        m = metrics or Metrics("transaction")
+        self.m_txns = m.counter("fedstack_outbound_transactions_total",
+                                "Outbound transactions per destination and outcome (sent, "
+                                "failed, rate_limited, dropped, poke_failed)",
+                                ["destination", "outcome"])
+        self.m_send = m.histogram("fedstack_outbound_transaction_seconds",
+                                  "Send latency of outbound transactions (request to answer)",
+                                  ["destination"])
+        self.queued_since: dict[str, float] = {}   # destination -> its queue head's age base
+        self.last_success: dict[str, float] = {}   # destination -> time of its last 200
         self.transport = transport
         self.server_name = settings.server_name
         self.backoff_min = settings.backoff_min_s
@@ -67,6 +78,7 @@ class Sender:
         for d in destinations:
             if d == self.server_name:
                 continue
+            self.queued_since.setdefault(d, self.clock())
             self._wake.setdefault(d, asyncio.Event()).set()
             task = self._workers.get(d)
             if task is None or task.done():
@@ -100,6 +112,22 @@ class Sender:
         self._backoff[destination] = dict(_NO_BACKOFF)
         self.notify([destination])   # the worker ends at once if nothing is queued
 
+    async def retry_now(self, destination: str) -> None:
+        """An operator asked: drop the destination's backoff and send at once (its queued
+        transaction, else an empty one, so a reachable destination shows it)."""
+        await self.db.run(sf.mark_up, destination)
+        self._backoff[destination] = dict(_NO_BACKOFF)
+        self._poke.add(destination)
+        self.notify([destination])
+
+    def state(self, destination: str) -> dict:
+        """What this sender knows of a destination beyond the database (for operators)."""
+        b = self._backoff.get(destination) or {}
+        since = self.queued_since.get(destination)
+        return {"retry_at": b.get("retry_at"), "in_flight": self.in_flight.get(destination, 0),
+                "oldest_age_s": None if since is None else max(0.0, self.clock() - since),
+                "last_success_ts": self.last_success.get(destination)}
+
     async def _wait(self, ev: asyncio.Event, seconds: float) -> None:
         try:
             await asyncio.wait_for(ev.wait(), timeout=max(0.0, seconds))
@@ -123,21 +151,25 @@ class Sender:
             if txn is None:
                 if ev.is_set():
                     continue
+                self.queued_since.pop(destination, None)
                 return  # no await since the check: a later notify starts a new worker
             self._poke.discard(destination)
             sent, txn = await self._send(destination, txn, backoff)
             if sent and txn is None and not ev.is_set():
+                self.queued_since.pop(destination, None)
                 return  # the read after the send saw the queue empty, nothing queued since
 
     async def _send(self, destination: str, txn: dict, backoff: dict) -> tuple[bool, dict | None]:
         """Send `txn` once: (sent, next). After a 200 its rows are deleted and the next
         transaction is read in the same commit (None: nothing queued)."""
-        body = {"origin": self.server_name, "origin_server_ts": int(self.clock() * 1000),
+        sent_at = self.clock()
+        body = {"origin": self.server_name, "origin_server_ts": int(sent_at * 1000),
                 "pdus": txn["pdus"]}
         if txn["edus"]:
             body["edus"] = txn["edus"]
         self.in_flight[destination] = self.in_flight.get(destination, 0) + 1
         self.max_in_flight_seen = max(self.max_in_flight_seen, self.in_flight[destination])
+        started = time.perf_counter()
         try:
             resp = await self.transport.federation_request(
                 destination, "PUT", "/_matrix/federation/v1/send/" + quote(txn["txn_id"], safe=""),
@@ -149,6 +181,8 @@ class Sender:
         finally:
             self.in_flight[destination] -= 1
         status = resp.get("status", 0)
+        self.m_send.labels(destination).observe(time.perf_counter() - started)
+        self.m_txns.labels(destination, _outcome(status, bool(txn["row_ids"]))).inc()
         if not txn["row_ids"] and status != 200:
             # an empty "we are up" transaction: nothing to retry, and its failure (often
             # our own transport still starting) is no reason to back off from them
@@ -162,6 +196,9 @@ class Sender:
                                     MAX_PDUS, MAX_EDUS)
             self._backoff[destination] = dict(_NO_BACKOFF)
             self._poison.pop(destination, None)
+            self.last_success[destination] = self.clock()
+            if destination in self.queued_since:   # the rest was queued since it was read
+                self.queued_since[destination] = sent_at
             return True, nxt
         log.info("send to %s failed: %s %s", destination, status, resp.get("error") or resp.get("body"))
         retry_after = _retry_after_s(resp) if status == 429 else None
@@ -174,6 +211,7 @@ class Sender:
             log.warning("dropping transaction %s to %s refused %d times", txn["txn_id"],
                         destination, POISON_ATTEMPTS)
             await self.db.run(sf.drop_transaction, txn["row_ids"])
+            self.m_txns.labels(destination, "dropped").inc()
             return False, None
         interval = min(self.backoff_max, max(self.backoff_min, backoff["retry_interval"] * 2))
         retry_at = self.clock() + interval
@@ -187,6 +225,14 @@ class Sender:
         count = count + 1 if txn_id == txn["txn_id"] else 1
         self._poison[destination] = (txn["txn_id"], count)
         return count >= POISON_ATTEMPTS
+
+
+def _outcome(status: int, has_rows: bool) -> str:
+    if status == 200:
+        return "sent"
+    if not has_rows:
+        return "poke_failed"
+    return "rate_limited" if status == 429 else "failed"
 
 
 def _retry_after_s(resp: dict) -> float | None:

@@ -22,6 +22,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from contextlib import asynccontextmanager
 
@@ -41,10 +42,12 @@ from shared.contracts.transaction import TransactionClient
 from shared.crypto import SigningKey
 from shared.errors import MatrixError, json_response
 from shared.internal import InternalClient
+from shared.metrics import Metrics
 from shared.routing import BodyLimitMiddleware, body_doc, new_app, read_json, serve_lean
 from shared.settings import Settings
 
 FED = "/_matrix/federation"
+log = logging.getLogger("fedstack.transport.app")
 UP_NOTIFY_INTERVAL_S = 10.0
 
 # (method, public path, pdu sub-path) for the requests the pdu service answers.
@@ -66,12 +69,20 @@ FORWARDED = [
 
 class TransportService:
     def __init__(self, settings: Settings, *, transaction_client=None, pdu_client=None,
-                 federation_transports=None):
+                 federation_transports=None, metrics: Metrics | None = None):
         self.settings = settings
         secret = settings.secret()
         self.key = SigningKey.load(settings.path("signing_key"))
         self.fed = FederationClient(settings, self.key, transports=federation_transports)
-        self.keys = KeyStore(self.fed.fetch_server_keys)
+        metrics = metrics or Metrics("transport")
+        self.m_requests = metrics.counter(
+            "fedstack_federation_requests_total", "Inbound federation requests per origin and "
+            "outcome (accepted, rate_limited; unauthorized ones under origin \"\")",
+            ["origin", "outcome"])
+        self.m_key_fetches = metrics.counter(
+            "fedstack_key_fetches_total", "Fetches of remote servers' keys per outcome "
+            "(found, none, failed)", ["outcome"])
+        self.keys = KeyStore(self._fetch_keys)
         self.transaction = transaction_client or TransactionClient(settings.transaction_url, secret)
         self.pdu = pdu_client or InternalClient(settings.pdu_url, secret)
         self._last_up: dict[str, float] = {}
@@ -111,11 +122,29 @@ class TransportService:
         await self.transaction.aclose()
         await self.pdu.aclose()
 
+    async def _fetch_keys(self, *args, **kwargs):
+        try:
+            found = await self.fed.fetch_server_keys(*args, **kwargs)
+        except Exception:
+            self.m_key_fetches.labels("failed").inc()
+            raise
+        self.m_key_fetches.labels("found" if found else "none").inc()
+        return found
+
     async def authenticate(self, request: Request, content, *, rate_limited: bool = True) -> str:
-        origin = await authenticate(request.scope, request.headers.items(), content,
-                                    self.settings.server_name, self.keys)
+        try:
+            origin = await authenticate(request.scope, request.headers.items(), content,
+                                        self.settings.server_name, self.keys)
+        except MatrixError:
+            self.m_requests.labels("", "unauthorized").inc()   # no origin label: unproven
+            raise
         if rate_limited:
-            self.limiter.check(origin)
+            try:
+                self.limiter.check(origin)
+            except MatrixError:
+                self.m_requests.labels(origin, "rate_limited").inc()
+                raise
+        self.m_requests.labels(origin, "accepted").inc()
         return origin
 
     def outbound_failed(self, destination: str) -> None:
@@ -143,9 +172,11 @@ def _passthrough(status: int, body) -> Response:
 
 
 def create_app(settings: Settings, **clients):
+    metrics = Metrics("transport")
+
     @asynccontextmanager
     async def lifespan(app):
-        svc = TransportService(settings, **clients)
+        svc = TransportService(settings, metrics=metrics, **clients)
         app.state.svc = svc
         svc.start()
         try:
@@ -153,7 +184,7 @@ def create_app(settings: Settings, **clients):
         finally:
             await svc.stop()
 
-    app = new_app("fedstack-transport", settings.secret(), lifespan=lifespan)
+    app = new_app("fedstack-transport", settings.secret(), lifespan=lifespan, metrics=metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
 
     @app.get("/_matrix/key/v2/server", tags=["keys"])
@@ -174,6 +205,7 @@ def create_app(settings: Settings, **clients):
             raise MatrixError(404, "M_UNRECOGNIZED", "Unrecognized request")
         body = await read_json(request)
         origin = await s.authenticate(request, body, rate_limited=False)
+        log.info("transaction %s from %s", txn_id, origin)
         status, data = await s.transaction.inbound_transaction(origin, txn_id, body)
         return _passthrough(status, data)
 
