@@ -10,6 +10,9 @@ Invariants:
 - Membership endpoints accept only an event of the right type and membership, whose
   sender (= state_key) is on the requesting server, for the room named in the path, with
   the event ID named in the path.
+- make_knock / send_knock as for joins (rooms of a version with knocking, else 400
+  M_INCOMPATIBLE_ROOM_VERSION); send_knock answers the room's stripped state
+  (`knock_room_state`: full events of the STRIPPED_STATE types, as our invites send).
 - make_join / make_leave templates carry `origin` (our server name), as the spec requires.
 - Restricted joins (`restricted.py`): make_join names one of our users who can invite in
   join_authorised_via_users_server when the join rule needs one; send_join of such a join
@@ -24,6 +27,7 @@ from services.pdu.authrules import AuthError, check_auth
 from services.pdu.builder import auth_event_ids
 from services.pdu.inbound import EventDropped
 from services.pdu.invite_state import check_invite_room_state
+from services.pdu.membership import STRIPPED_STATE
 from services.pdu.restricted import authoriser_for, check_authoriser
 from services.pdu.rooms import create_event_of, joined_servers
 from services.pdu.state import load_auth_closure, resolve
@@ -174,6 +178,9 @@ class FederationHandler:
                               "Your homeserver does not support this room version",
                               room_version=room["room_version"])
         rv = get_room_version(room["room_version"])
+        if membership == "knock" and not rv.knock:
+            raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", "This room version does not allow knocking",
+                              room_version=room["room_version"])
         state = await self.storage.state_map(room["current_state_group"])
         state_events = await self.storage.state_events(state)
         content = {"membership": membership}
@@ -232,6 +239,8 @@ class FederationHandler:
         rec = (await self.storage.records([event_id]))[event_id]
         if rec["rejected"] or rec["soft_failed"]:
             raise _forbidden(f"event not allowed: {rec['rejected'] or 'soft-failed'}")
+        if membership == "knock":
+            return {"knock_room_state": await self.stripped_state(room_id)}
         if membership != "join":
             return {}
         state = await self.state_before(rec["event"], room["room_version"])
@@ -244,6 +253,13 @@ class FederationHandler:
                 "auth_chain": [r["event"] for e, r in recs.items() if e not in state_ids],
                 "event": rec["event"], "members_omitted": False,
                 "servers_in_room": sorted(servers)}
+
+    async def stripped_state(self, room_id: str) -> list[dict]:
+        """The room's current state events of the types a knocker (or invitee) is shown."""
+        room = await self.storage.room(room_id)
+        state = await self.storage.state_map(room["current_state_group"])
+        evs = await self.storage.events([e for k, e in state.items() if k[0] in STRIPPED_STATE])
+        return [wire(e) for e in evs.values()]
 
     async def _countersign_restricted(self, room: dict, rv, event: dict) -> dict:
         """A join naming one of our users in join_authorised_via_users_server, with our

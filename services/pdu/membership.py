@@ -122,22 +122,8 @@ class MembershipHandler:
             return await self.rooms.send(room_id, user_id, "m.room.member",
                                          await self._local_join_content(room, user_id),
                                          state_key=user_id)
-        candidates = list(dict.fromkeys(servers + ([server_of(room_id)] if ":" in room_id else [])))
-        candidates = [s for s in candidates if s and s != self.server_name]
-        if not candidates:
-            raise MatrixError(404, "M_NOT_FOUND", "Unknown room and no server to join through")
-        errors, failures = [], set()
-        for server in candidates:
-            try:
-                return await self._join_via(server, room_id, user_id)
-            except MatrixError as exc:
-                errors.append(f"{server}: {exc.error}")
-                failures.add((exc.status, exc.errcode))
-                log.info("join of %s via %s failed: %s", room_id, server, exc.error)
-        # One candidate refusing us is the answer; else the one error all gave; else 502.
-        status, errcode = ((403, "M_FORBIDDEN") if any(s == 403 for s, _ in failures)
-                           else next(iter(failures)) if len(failures) == 1 else (502, "M_UNKNOWN"))
-        raise MatrixError(status, errcode, "could not join: " + "; ".join(errors))
+        return await self._via_candidates(room_id, servers, "join",
+                                          lambda s: self._join_via(s, room_id, user_id))
 
     async def _local_join_content(self, room: dict, user_id: str) -> dict:
         """A join to a room we are in: a restricted room's names our authorising user."""
@@ -251,6 +237,70 @@ class MembershipHandler:
             log.info("join of %s: dropped %d events of another room", room_id, len(foreign))
         return ({e: ev for e, ev in state.items() if e not in foreign},
                 {e: ev for e, ev in chain.items() if e not in foreign})
+
+    async def knock(self, room_id: str, user_id: str, servers: list[str], reason: str | None) -> str:
+        """Knock on a room: locally if we are in it, else through make_knock/send_knock at
+        each candidate server in turn (errors as for joins)."""
+        self.rooms.require_local(user_id)
+        content = {"membership": "knock"}
+        if reason is not None:
+            content["reason"] = reason
+        room = await self.storage.room(room_id)
+        if room is not None and room["current_state_group"] is not None:
+            return await self.rooms.send(room_id, user_id, "m.room.member", content, state_key=user_id)
+        return await self._via_candidates(room_id, servers, "knock",
+                                          lambda s: self._knock_via(s, room_id, user_id, reason))
+
+    async def _knock_via(self, server: str, room_id: str, user_id: str, reason: str | None) -> str:
+        """make_knock, sign, send_knock; the knock is stored (not as an outlier, the room
+        without state) so subscriptions see it, its unsigned.knock_room_state the answer's."""
+        made = await self._request(server, "GET", f"/_matrix/federation/v1/make_knock/{q(room_id)}/{q(user_id)}",
+                                   query=[("ver", v) for v, rv in KNOWN_ROOM_VERSIONS.items() if rv.knock])
+        version, template = made.get("room_version"), made.get("event")
+        if version not in KNOWN_ROOM_VERSIONS or not isinstance(template, dict):
+            raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", f"unsupported room version {version!r}")
+        rv = get_room_version(version)
+        content = template.get("content")
+        if (template.get("type") != "m.room.member" or template.get("room_id") != room_id
+                or template.get("sender") != user_id or template.get("state_key") != user_id
+                or not isinstance(content, dict) or content.get("membership") != "knock"):
+            raise MatrixError(502, "M_UNKNOWN", "make_knock template is not the knock we asked for")
+        if reason is not None:
+            template = dict(template, content=dict(content, reason=reason))
+        try:
+            ev = sign_template(template, rv=rv, server_name=self.server_name, key=self.key)
+            event_id = ev.pop("event_id")
+            validate_event_format(ev, rv)
+        except (EventFormatError, CanonicalJSONError) as exc:
+            raise MatrixError(502, "M_UNKNOWN", f"make_knock template invalid: {exc}")
+        resp = await self._request(server, "PUT", f"/_matrix/federation/v1/send_knock/{q(room_id)}/{q(event_id)}",
+                                   body=ev)
+        state = resp.get("knock_room_state", resp.get("knock_state_events"))
+        stored = dict(ev, unsigned={"knock_room_state": [e for e in state if isinstance(e, dict)]
+                                    if isinstance(state, list) else []})
+        await self.storage.persist({"events": [{"event_id": event_id, "room_id": room_id,
+                                                "event": stored, "outlier": False}],
+                                    "rooms": [{"room_id": room_id, "room_version": version}]})
+        return event_id
+
+    async def _via_candidates(self, room_id: str, servers: list[str], what: str, attempt) -> str:
+        """`attempt(server)` at each candidate (the given servers, then the room ID's); when
+        all fail, a 403 from any is the answer, else the one error all gave, else 502."""
+        candidates = list(dict.fromkeys(servers + ([server_of(room_id)] if ":" in room_id else [])))
+        candidates = [s for s in candidates if s and s != self.server_name]
+        if not candidates:
+            raise MatrixError(404, "M_NOT_FOUND", f"Unknown room and no server to {what} through")
+        errors, failures = [], set()
+        for server in candidates:
+            try:
+                return await attempt(server)
+            except MatrixError as exc:
+                errors.append(f"{server}: {exc.error}")
+                failures.add((exc.status, exc.errcode))
+                log.info("%s of %s via %s failed: %s", what, room_id, server, exc.error)
+        status, errcode = ((403, "M_FORBIDDEN") if any(s == 403 for s, _ in failures)
+                           else next(iter(failures)) if len(failures) == 1 else (502, "M_UNKNOWN"))
+        raise MatrixError(status, errcode, f"could not {what}: " + "; ".join(errors))
 
     async def leave(self, room_id: str, user_id: str) -> str:
         """Leave a room we are in; or reject an invite to a room we are not in, through the

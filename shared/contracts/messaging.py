@@ -15,6 +15,7 @@ ROOMS = "/v1/rooms"
 JOIN = "/v1/rooms/{room_id}/join"
 INVITE = "/v1/rooms/{room_id}/invite"
 LEAVE = "/v1/rooms/{room_id}/leave"
+KNOCK = "/v1/rooms/{room_id}/knock"
 KICK = "/v1/rooms/{room_id}/kick"
 BAN = "/v1/rooms/{room_id}/ban"
 UNBAN = "/v1/rooms/{room_id}/unban"
@@ -41,6 +42,7 @@ CreateRoomRequest = pdu_contract.CreateRoom
 JoinRequest = pdu_contract.Join
 InviteRequest = pdu_contract.Invite
 LeaveRequest = pdu_contract.Leave
+KnockRequest = pdu_contract.Knock
 SendRequest = pdu_contract.SendEvent
 SendBatchRequest = pdu_contract.SendBatch
 SendBatchResponse = pdu_contract.SendBatchResponse
@@ -163,6 +165,10 @@ class MessagingClient(InternalClient):
     async def invite(self, room_id, sender, user_id) -> str:
         return (await self.call("POST", INVITE.format(room_id=room_id),
                                 {"sender": sender, "user_id": user_id}))["event_id"]
+
+    async def knock(self, room_id, user_id, servers=(), reason=None) -> str:
+        return (await self.call("POST", KNOCK.format(room_id=room_id),
+                                {"user_id": user_id, "servers": list(servers), "reason": reason}))["event_id"]
 
     async def leave(self, room_id, user_id) -> str:
         return (await self.call("POST", LEAVE.format(room_id=room_id), {"user_id": user_id}))["event_id"]

@@ -21,6 +21,7 @@ SEND_BATCH = PREFIX + "/rooms/{room_id}/send_batch"
 JOIN = PREFIX + "/rooms/{room_id}/join"
 INVITE = PREFIX + "/rooms/{room_id}/invite"
 LEAVE = PREFIX + "/rooms/{room_id}/leave"
+KNOCK = PREFIX + "/rooms/{room_id}/knock"
 STATE = PREFIX + "/rooms/{room_id}/state"
 BACKFILL = PREFIX + "/rooms/{room_id}/backfill"
 ROOM_SERVERS = PREFIX + "/rooms/{room_id}/servers"
@@ -93,6 +94,16 @@ class Leave(BaseModel):
     user_id: str
 
 
+class Knock(BaseModel):
+    """A local user knocks on a room (v7+ join rules knock / knock_restricted): through
+    make_knock/send_knock at the first of `servers` that accepts, or locally if we are in
+    the room. The stored knock carries the room's stripped state in
+    unsigned.knock_room_state."""
+    user_id: str
+    servers: list[str] = []
+    reason: str | None = None
+
+
 class Backfill(BaseModel):
     """Page back through history from before we joined: `from` is the previous page's
     `next` (omit it to start just before our oldest event of the room)."""
@@ -153,6 +164,9 @@ class PduClient(InternalClient):
 
     async def leave(self, room_id: str, body: dict) -> dict:
         return await self.call("POST", LEAVE.format(room_id=quote(room_id, safe="")), body)
+
+    async def knock(self, room_id: str, body: dict) -> dict:
+        return await self.call("POST", KNOCK.format(room_id=quote(room_id, safe="")), body)
 
     async def state(self, room_id: str) -> dict:
         return await self.call("GET", STATE.format(room_id=quote(room_id, safe="")))

@@ -35,6 +35,7 @@ PDU_ROUTES = {   # name: (method, path, request model or None)
     "join": ("POST", pdu_c.JOIN, pdu_c.Join),
     "invite": ("POST", pdu_c.INVITE, pdu_c.Invite),
     "leave": ("POST", pdu_c.LEAVE, pdu_c.Leave),
+    "knock": ("POST", pdu_c.KNOCK, pdu_c.Knock),
     "state": ("GET", pdu_c.STATE, None),
     "backfill": ("POST", pdu_c.BACKFILL, pdu_c.Backfill),
 }

@@ -31,6 +31,8 @@ FEDERATION_ENDPOINTS = [
     ("PUT", FED + "/v2/invite/!r:x.test/$e", True),
     ("GET", FED + "/v1/make_leave/!r:x.test/@u:remote.test", False),
     ("PUT", FED + "/v2/send_leave/!r:x.test/$e", True),
+    ("GET", FED + "/v1/make_knock/!r:x.test/@u:remote.test?ver=10", False),
+    ("PUT", FED + "/v1/send_knock/!r:x.test/$e", True),
     ("GET", FED + "/v1/user/devices/@u:hs.test", False),
     ("POST", FED + "/v1/user/keys/query", True),
     ("POST", FED + "/v1/user/keys/claim", True),
