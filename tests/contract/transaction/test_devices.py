@@ -11,16 +11,16 @@ import pytest
 from shared.contracts import devices as c
 from tests.contract.helpers import unique, wait_until
 
-ME = "hs.test"
-
 
 def q(v: str) -> str:
     from urllib.parse import quote
     return quote(v, safe="")
 
 
-def user() -> str:
-    return f"@{unique('u')}:{ME}"
+@pytest.fixture
+def user(service):
+    """A fresh user of the server under test (also against --base-url)."""
+    return lambda: f"@{unique('u')}:{service.settings.server_name}"
 
 
 def keys(user_id: str, device_id: str) -> dict:
@@ -39,7 +39,7 @@ def device_edus(fake_transport, dest: str) -> list[dict]:
     return [e for s in fake_transport.edu_sends if s["destination"] == dest for e in s["edus"]]
 
 
-async def test_device_changes_commit_with_their_updates(service_client, fake_transport):
+async def test_device_changes_commit_with_their_updates(service_client, fake_transport, user):
     u = user()
     first = await put_device(service_client, u, "D1", display_name="phone", keys=keys(u, "D1"),
                              destinations=["b.test"])
@@ -62,7 +62,7 @@ async def test_device_changes_commit_with_their_updates(service_client, fake_tra
     assert resp.json() == {"user_id": u, "stream_id": third.stream_id, "devices": [{"device_id": "D2"}]}
 
 
-async def test_a_user_with_no_devices_gets_a_well_formed_answer(service_client):
+async def test_a_user_with_no_devices_gets_a_well_formed_answer(service_client, user):
     u = user()
     resp = await service_client.get(c.USER_DEVICES.format(user_id=q(u)))
     assert resp.status_code == 200 and resp.json() == {"user_id": u, "stream_id": 0, "devices": []}
@@ -72,7 +72,7 @@ async def test_a_user_with_no_devices_gets_a_well_formed_answer(service_client):
     assert resp.status_code == 400 and resp.json()["errcode"] == "M_INVALID_PARAM"
 
 
-async def test_keys_query_and_cross_signing(service_client, fake_transport):
+async def test_keys_query_and_cross_signing(service_client, fake_transport, user):
     u = user()
     await put_device(service_client, u, "D1", display_name="laptop", keys=keys(u, "D1"))
     await put_device(service_client, u, "D2", keys=keys(u, "D2"))
@@ -97,15 +97,20 @@ async def test_keys_query_and_cross_signing(service_client, fake_transport):
 
 
 @pytest.mark.parametrize("bad", [
-    {"keys": {"user_id": "@someone:hs.test", "device_id": "D1"}},
-    {"keys": {"user_id": "@me:hs.test", "device_id": "OTHER"}},
-    {"keys": {"user_id": "@me:hs.test", "device_id": "D1", "n": 1.5}}])
-async def test_keys_of_another_user_or_device_or_not_canonical_are_refused(service_client, bad):
-    resp = await service_client.put(c.DEVICE.format(user_id=q("@me:hs.test"), device_id="D1"), json=bad)
+    {"user_id": "@someone:{server}", "device_id": "D1"},
+    {"user_id": "{me}", "device_id": "OTHER"},
+    {"user_id": "{me}", "device_id": "D1", "n": 1.5}])
+async def test_keys_of_another_user_or_device_or_not_canonical_are_refused(service_client, user, bad):
+    me = user()
+    keys = {k: v.format(me=me, server=me.split(":", 1)[1]) if isinstance(v, str) else v
+            for k, v in bad.items()}
+    resp = await service_client.put(c.DEVICE.format(user_id=q(me), device_id="D1"), json={"keys": keys})
     assert resp.status_code == 400, resp.text
+    resp = await service_client.get(c.USER_DEVICES.format(user_id=q(me)))
+    assert resp.json()["devices"] == []                               # nothing stored
 
 
-async def test_one_time_keys_claimed_once_even_concurrently(service_client):
+async def test_one_time_keys_claimed_once_even_concurrently(service_client, user):
     u = user()
     await put_device(service_client, u, "D1", keys=keys(u, "D1"))
     otks = {f"signed_curve25519:K{i}": {"key": f"k{i}"} for i in range(5)}
@@ -123,7 +128,7 @@ async def test_one_time_keys_claimed_once_even_concurrently(service_client):
     assert resp.json() == {"one_time_keys": {u: {"D1": {"other_alg:Z": {"key": "z"}}}}}
 
 
-async def test_one_time_keys_need_a_known_device(service_client):
+async def test_one_time_keys_need_a_known_device(service_client, user):
     resp = await service_client.post(c.ONE_TIME_KEYS.format(user_id=q(user()), device_id="NOPE"),
                                      json={"one_time_keys": {"a:b": {}}})
     assert resp.status_code == 404

@@ -98,7 +98,8 @@ async def test_pdu_unreachable_refuses_the_transaction_and_stores_nothing(servic
     assert len((await stream(service_client, edus="true"))["edus"]) == 1
 
 
-async def test_delivered_edus_are_pruned(service_client):
+async def test_delivered_edus_are_pruned(service_client, inprocess):
+    """(In-process: a long-lived service's other subscriptions would hold the EDUs.)"""
     resp = await service_client.post(c.SUBSCRIPTIONS, json={"url": "http://cb.test/x"})
     sid = resp.json()["subscription_id"]
     unknown = [{"edu_type": "com.example.x", "content": {"n": 1}}]
