@@ -12,7 +12,8 @@ Invariants:
   message is kept only for our own users; a device list update's prev_id entries are all
   below its stream_id (a loop or a chain pointing forward is refused).
 - A receipt EDU is stored per room (room-filtered subscriptions see their rooms'); its
-  entries that fail are dropped, the others kept. Unknown EDU types are kept as they are.
+  entries that fail are dropped (counted as entries), the others kept; so are presence
+  entries and to-device recipients. Unknown EDU types are kept as they are.
 - The checked item is (edu_type, room_id or None, content, dedup key or None): to-device
   messages dedup on message_id, device list updates on (user_id, stream_id).
 """
@@ -53,7 +54,7 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _typing(origin, c, _server):
+def _typing(origin, c, _server, _notes):
     if not isinstance(c.get("room_id"), str) or not isinstance(c.get("typing"), bool):
         raise Drop("typing needs room_id and a boolean typing")
     if not _user_of(c.get("user_id"), origin):
@@ -61,7 +62,7 @@ def _typing(origin, c, _server):
     return [("m.typing", c["room_id"], c, None)]
 
 
-def _receipt(origin, c, _server):
+def _receipt(origin, c, _server, notes):
     out, entries, bad = [], 0, 0
     for room_id, by_type in c.items():
         if not isinstance(by_type, dict):
@@ -82,8 +83,9 @@ def _receipt(origin, c, _server):
         if kept_types:
             out.append(("m.receipt", room_id, {room_id: kept_types}, None))
     if bad:
-        log.info("receipt from %s: %d entries dropped (not the origin's users or malformed)",
-                 origin, bad)
+        notes["receipt entries dropped"] += bad
+        log.warning("receipt from %s: %d entries dropped (not the origin's users or malformed)",
+                    origin, bad)
     if not out:
         raise Drop("receipt with no valid entry")
     return out
@@ -95,7 +97,7 @@ def _receipt_ok(r) -> bool:
             and isinstance(r.get("data", {}), dict))
 
 
-def _presence(origin, c, _server):
+def _presence(origin, c, _server, notes):
     push = c.get("push")
     if not isinstance(push, list) or len(push) > MAX_PRESENCE_ENTRIES:
         raise Drop("presence needs a push list")
@@ -103,10 +105,14 @@ def _presence(origin, c, _server):
             and p.get("presence") in PRESENCE_STATES]
     if not kept:
         raise Drop("presence with no entry for the origin's users")
+    if len(kept) < len(push):
+        notes["presence entries dropped"] += len(push) - len(kept)
+        log.warning("presence from %s: %d entries dropped (not the origin's users or malformed)",
+                    origin, len(push) - len(kept))
     return [("m.presence", None, dict(c, push=kept), None)]
 
 
-def _device_list(origin, c, _server):
+def _device_list(origin, c, _server, _notes):
     if not _user_of(c.get("user_id"), origin):
         raise Drop("device list user not of the origin")
     if not isinstance(c.get("device_id"), str) or not _is_int(c.get("stream_id")):
@@ -122,14 +128,14 @@ def _device_list(origin, c, _server):
 
 
 def _signing_key(edu_type):
-    def check(origin, c, _server):
+    def check(origin, c, _server, _notes):
         if not _user_of(c.get("user_id"), origin):
             raise Drop("signing key user not of the origin")
         return [(edu_type, None, c, None)]
     return check
 
 
-def _to_device(origin, c, server):
+def _to_device(origin, c, server, notes):
     if not _user_of(c.get("sender"), origin):
         raise Drop("to-device sender not of the origin")
     mid = c.get("message_id")
@@ -143,6 +149,8 @@ def _to_device(origin, c, server):
             and all(isinstance(v, dict) for v in by_dev.values())}
     if not mine:
         raise Drop("to-device for none of our users")
+    if len(mine) < len(c["messages"]):
+        notes["to-device recipients dropped"] += len(c["messages"]) - len(mine)
     return [("m.direct_to_device", None, dict(c, messages=mine), mid)]
 
 
@@ -151,8 +159,9 @@ CHECKS = {"m.typing": _typing, "m.receipt": _receipt, "m.presence": _presence,
           **{t: _signing_key(t) for t in SIGNING_KEY_TYPES}}
 
 
-def check_edu(origin: str, server_name: str, edu) -> list[tuple]:
-    """The items to store for one EDU (before the room check); raises Drop."""
+def check_edu(origin: str, server_name: str, edu, notes: Counter | None = None) -> list[tuple]:
+    """The items to store for one EDU (before the room check); raises Drop. Entries of it
+    that are dropped while the rest is kept are counted in `notes`."""
     if not isinstance(edu, dict) or not isinstance(edu.get("edu_type"), str) \
             or not isinstance(edu.get("content"), dict):
         raise Drop("not an object with a string edu_type and an object content")
@@ -165,7 +174,7 @@ def check_edu(origin: str, server_name: str, edu) -> list[tuple]:
     check = CHECKS.get(edu["edu_type"])
     if check is None:   # a type we do not know: the homeserver may
         return [(edu["edu_type"], None, edu["content"], None)]
-    return check(origin, edu["content"], server_name)
+    return check(origin, edu["content"], server_name, Counter() if notes is None else notes)
 
 
 class EduChecker:
@@ -188,7 +197,7 @@ class EduChecker:
         items = []
         for edu in edus:
             try:
-                items += check_edu(origin, self.server_name, edu)
+                items += check_edu(origin, self.server_name, edu, self.dropped)
             except Drop as exc:
                 self._drop(origin, edu, exc)
         rooms = {r for t, r, _c, _d in items if t in ROOM_CHECKED}

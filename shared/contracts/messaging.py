@@ -140,7 +140,10 @@ class CallbackBody(BaseModel):
     lets a receiver drop a repeat after a crash between its 2xx and our bookkeeping.
     `edus`: the EDUs remote servers sent us, in arrival order, each {edu_type, origin,
     content, position} (positions are shared with events); `types` filters them by
-    edu_type, a room subscription gets its room's (typing, receipts) only."""
+    edu_type, a room subscription gets its room's (typing, receipts) only. Besides the
+    spec's types (and unknown ones, as sent), `fedstack.user_devices` carries a remote
+    user's device list fetched again after an m.device_list_update we could not follow
+    (content: the /user/devices answer)."""
     subscription_id: str
     events: list[dict]
     edus: list[dict] = []

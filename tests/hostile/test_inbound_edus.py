@@ -183,3 +183,21 @@ async def test_stored_before_the_200_and_kept_until_acknowledged(hs, remote):
     await asyncio.sleep(0.2)
     assert [e["content"]["message_id"] for e in edus_of(hs, sid)] == ["durable"]
     assert got[0]["content"]["messages"] == {alice: {"DEV": {"body": "x"}}}
+
+
+async def test_foreign_entries_of_a_receipt_or_presence_are_dropped_and_counted(hs, remote):
+    room, froom = await joined_room(hs, remote)
+    sid = await hs.api.subscribe("http://cb/callback", types=["m.receipt", "m.presence"])
+    fred, mallory = remote.user("fred"), "@mallory:evil.test"
+    eid, ev = froom.message("fred", "read")
+    mixed_receipt = {"edu_type": "m.receipt", "content": {room: {"m.read": {
+        fred: {"event_ids": [eid], "data": {}}, mallory: {"event_ids": [eid], "data": {}},
+        remote.user("broken"): {"event_ids": "not a list"}}}}}
+    mixed_presence = {"edu_type": "m.presence", "content": {"push": [
+        {"user_id": fred, "presence": "online"}, {"user_id": mallory, "presence": "online"}]}}
+    assert (await remote.send_transaction(hs, [ev], [mixed_receipt, mixed_presence])).status_code == 200
+    got = await wait_edus(hs, sid, 2)
+    assert got[0]["content"] == {room: {"m.read": {fred: {"event_ids": [eid], "data": {}}}}}
+    assert got[1]["content"] == {"push": [{"user_id": fred, "presence": "online"}]}
+    assert (await hs.tx.edu_stats())["dropped"] == {"receipt entries dropped": 2,
+                                                   "presence entries dropped": 1}
