@@ -23,6 +23,8 @@ Invariants:
   signature of the invitee's server (else 502, nothing committed). We store our event with
   that signature added. An invitee refusing our invite_room_state (400 M_INVALID_PARAM /
   M_MISSING_PARAM) is our fault, not the client's: 502.
+- Joins we build and invites we build carry the member's displayname / avatar_url when
+  the member is ours and the homeserver told us a profile (`PUT /v1/profile`).
 - exchange_third_party_invite is answered only for a room we are in, to the invitee's own
   server; the invite is built from the given one (display_name from the token's
   m.room.third_party_invite), passes the auth rules (which verify `signed`), and is sent
@@ -125,9 +127,23 @@ class MembershipHandler:
         return await self._via_candidates(room_id, servers, "join",
                                           lambda s: self._join_via(s, room_id, user_id))
 
+    async def _with_profile(self, content: dict, user_id: str) -> dict:
+        """`content` with the user's displayname / avatar_url added where it has none, as
+        Synapse's joins and invites carry them, for a user of ours (from the profile the
+        homeserver told us). A remote invitee's profile is not asked for: an invite waits
+        on no extra request to the invitee's server, which fills in its own on joining."""
+        if server_of(user_id) != self.server_name:
+            return content
+        profile = await self.tx.get_profile(user_id) or {}
+        out = dict(content)
+        for k in ("displayname", "avatar_url"):
+            if isinstance(profile.get(k), str) and k not in out:
+                out[k] = profile[k]
+        return out
+
     async def _local_join_content(self, room: dict, user_id: str) -> dict:
         """A join to a room we are in: a restricted room's names our authorising user."""
-        content = {"membership": "join"}
+        content = await self._with_profile({"membership": "join"}, user_id)
         state_events = await self.storage.state_events(
             await self.storage.state_map(room["current_state_group"]))
         via = await authoriser_for(self.storage, state_events, get_room_version(room["room_version"]),
@@ -157,6 +173,7 @@ class MembershipHandler:
                 or template.get("sender") != user_id or template.get("state_key") != user_id
                 or not isinstance(content, dict) or content.get("membership") != "join"):
             raise MatrixError(502, "M_UNKNOWN", "make_join template is not the join we asked for")
+        template = dict(template, content=await self._with_profile(content, user_id))
         try:
             join = sign_template(template, rv=rv, server_name=self.server_name, key=self.key)
             event_id = join.pop("event_id")
@@ -265,8 +282,9 @@ class MembershipHandler:
                 or template.get("sender") != user_id or template.get("state_key") != user_id
                 or not isinstance(content, dict) or content.get("membership") != "knock"):
             raise MatrixError(502, "M_UNKNOWN", "make_knock template is not the knock we asked for")
+        template = dict(template, content=await self._with_profile(content, user_id))
         if reason is not None:
-            template = dict(template, content=dict(content, reason=reason))
+            template["content"]["reason"] = reason
         try:
             ev = sign_template(template, rv=rv, server_name=self.server_name, key=self.key)
             event_id = ev.pop("event_id")
@@ -350,11 +368,11 @@ class MembershipHandler:
         if not is_valid_user_id(user_id):
             raise MatrixError(400, "M_INVALID_PARAM", "invalid user ID")
         target_server = server_of(user_id)
+        content = await self._with_profile({"membership": "invite"}, user_id)
         if target_server == self.server_name:
-            return await self.rooms.send(room_id, sender, "m.room.member", {"membership": "invite"},
-                                         state_key=user_id)
+            return await self.rooms.send(room_id, sender, "m.room.member", content, state_key=user_id)
         self.rooms.require_local(sender)
-        return await self._invite_remote(room_id, sender, user_id, {"membership": "invite"})
+        return await self._invite_remote(room_id, sender, user_id, content)
 
     async def _invite_remote(self, room_id: str, sender: str, user_id: str, content: dict) -> str:
         """Build the invite, have the invitee's server countersign it (invite v2), commit."""

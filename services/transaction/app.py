@@ -31,6 +31,7 @@ from services.transaction.edu_checks import EduChecker
 from services.transaction.inbound import InboundTransactions
 from services.transaction.room_servers import RoomServers
 from services.transaction.routes import devices as devices_routes
+from services.transaction.routes import directory as directory_routes
 from services.transaction.routes import edus as edus_routes
 from services.transaction.routes import rooms as rooms_routes
 from services.transaction.relay import Relay
@@ -314,6 +315,7 @@ def create_app(settings: Settings, **clients):
     app.include_router(admin_routes.router)
     app.include_router(rooms_routes.router)
     app.include_router(devices_routes.router)
+    app.include_router(directory_routes.router)
     serve_lean(app, inbound, persist, get_events, stream)   # the per-event routes
     return app
 

@@ -102,6 +102,13 @@ CREATE TABLE IF NOT EXISTS remote_device_lists (  -- other servers' users: known
 CREATE TABLE IF NOT EXISTS device_list_resyncs (  -- users whose list must be fetched again
     user_id TEXT PRIMARY KEY, origin TEXT NOT NULL, next_try FLOAT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS profiles (        -- store_directory: our users' profiles
+    user_id TEXT PRIMARY KEY, displayname TEXT, avatar_url TEXT);
+CREATE TABLE IF NOT EXISTS query_handlers (query_type TEXT PRIMARY KEY, url TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS room_aliases (    -- our aliases; servers: a JSON list
+    alias TEXT PRIMARY KEY, room_id TEXT NOT NULL, servers TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS room_aliases_room ON room_aliases (room_id);
+CREATE TABLE IF NOT EXISTS published_rooms (room_id TEXT PRIMARY KEY);   -- the public room list
 """
 
 

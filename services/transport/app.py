@@ -33,6 +33,7 @@ from services.transport.inbound_auth import authenticate, raw_uri
 from services.transport.keys import KeyStore, load_old_keys, our_key_response
 from services.transport.outbound import FederationClient
 from services.transport.ratelimit import RateLimiter
+from services.transport.routes import queries as queries_routes
 from services.transport.routes import user_keys as user_keys_routes
 from services.transport.routes import wellknown
 from shared.canonical import dumps
@@ -235,6 +236,7 @@ def create_app(settings: Settings, **clients):
 
     app.include_router(wellknown.router(settings))   # being found: our delegation
     app.include_router(user_keys_routes.router)
+    app.include_router(queries_routes.router)
     serve_lean(app, send, outbound)   # the per-event routes
     return app
 

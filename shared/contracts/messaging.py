@@ -34,6 +34,8 @@ ONE_TIME_KEYS = "/v1/users/{user_id}/devices/{device_id}/one_time_keys"
 CROSS_SIGNING = "/v1/users/{user_id}/cross_signing"
 KEYS_QUERY = "/v1/keys/query"
 KEYS_CLAIM = "/v1/keys/claim"
+PROFILE = "/v1/profile/{user_id}"
+QUERY_HANDLERS = "/v1/query_handlers"
 
 
 # The domain API takes the same shapes the pdu service does (messaging forwards them):
@@ -172,6 +174,16 @@ class MessagingClient(InternalClient):
     async def knock(self, room_id, user_id, servers=(), reason=None) -> str:
         return (await self.call("POST", KNOCK.format(room_id=room_id),
                                 {"user_id": user_id, "servers": list(servers), "reason": reason}))["event_id"]
+
+    async def put_profile(self, user_id, displayname=None, avatar_url=None) -> dict:
+        return await self.call("PUT", PROFILE.format(user_id=user_id),
+                               {"displayname": displayname, "avatar_url": avatar_url})
+
+    async def profile(self, user_id) -> dict:
+        return await self.call("GET", PROFILE.format(user_id=user_id))
+
+    async def put_query_handler(self, query_type, url) -> dict:
+        return await self.call("POST", QUERY_HANDLERS, {"query_type": query_type, "url": url})
 
     async def leave(self, room_id, user_id) -> str:
         return (await self.call("POST", LEAVE.format(room_id=room_id), {"user_id": user_id}))["event_id"]

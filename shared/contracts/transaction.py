@@ -20,6 +20,7 @@ from urllib.parse import quote
 from pydantic import BaseModel
 
 from shared.contracts.devices import DevicesClient
+from shared.contracts.directory import DirectoryClient
 
 PREFIX = "/_internal/transaction/v1"
 INBOUND = PREFIX + "/inbound/{origin}/{txn_id}"
@@ -142,9 +143,10 @@ class Subscription(SubscriptionIn):
     hs_token: str | None = None       # its callbacks' bearer token and HMAC key
 
 
-class TransactionClient(DevicesClient):
+class TransactionClient(DevicesClient, DirectoryClient):
     """Typed client; methods return plain dicts (hot paths avoid pydantic round trips).
-    The device and key routes' methods come from DevicesClient (shared/contracts/devices.py)."""
+    The device and key routes' methods come from DevicesClient (shared/contracts/devices.py),
+    the directory's (profiles, query handlers, aliases) from DirectoryClient (directory.py)."""
 
     async def inbound_transaction(self, origin: str, txn_id: str, body: dict) -> tuple[int, Any]:
         # Percent-encoded: a txn_id holding '?', '#' or '%' must reach the service unchanged.

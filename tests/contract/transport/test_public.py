@@ -36,6 +36,7 @@ FEDERATION_ENDPOINTS = [
     ("GET", FED + "/v1/user/devices/@u:hs.test", False),
     ("POST", FED + "/v1/user/keys/query", True),
     ("POST", FED + "/v1/user/keys/claim", True),
+    ("GET", FED + "/v1/query/profile?user_id=@u:hs.test", False),
 ]
 
 
