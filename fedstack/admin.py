@@ -54,7 +54,8 @@ async def call(args, method: str, path: str, *, transport=None):
     """One request to the admin API; the parsed answer, or ApiError."""
     import httpx
     base = (args.api or os.environ.get("FEDSTACK_API_URL") or DEFAULT_API).rstrip("/")
-    headers = {"authorization": f"Bearer {_token(args)}"}
+    token = _token(args)
+    headers = {"authorization": f"Bearer {token}"} if token else {}
     async with httpx.AsyncClient(base_url=base, transport=transport, timeout=30.0) as client:
         r = await client.request(method, path, headers=headers)
     try:
@@ -177,6 +178,9 @@ async def run_async(args, *, transport=None, out=None) -> int:
             data = await call(args, "GET", PATHS[args.what], transport=transport)
     except ApiError as exc:
         console.print(f"error: {exc}", markup=False)
+        if "M_MISSING_TOKEN" in str(exc):
+            console.print("give the API token: --token, FEDSTACK_API_TOKEN, or --data-dir "
+                          "(its api_token file)", markup=False)
         return 1
     except OSError as exc:
         console.print(f"cannot reach the API: {exc}", markup=False)
