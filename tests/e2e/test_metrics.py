@@ -140,3 +140,15 @@ async def test_combined_metrics_need_the_api_token(pair):
         assert r.status_code == 401 and r.json()["errcode"] == "M_MISSING_TOKEN"
         r = await c.get("/metrics", headers={"authorization": "Bearer nope"})
         assert r.status_code == 401 and r.json()["errcode"] == "M_UNKNOWN_TOKEN"
+
+
+async def test_the_public_federation_listener_hides_metrics(pair):
+    """The transport's public listener (PublicOnly) answers 404 for /metrics, which its
+    internal listener serves."""
+    from fedstack.cli import PublicOnly
+    a, _ = pair
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(PublicOnly(a.transport_app)),
+                                 base_url="http://public") as c:
+        r = await c.get("/metrics")
+        assert r.status_code == 404 and r.json()["errcode"] == "M_UNRECOGNIZED"
+    assert (await scrape(a.transport_app))   # the internal listener serves them
