@@ -20,6 +20,7 @@ from services.messaging.routes import admin as admin_routes
 from services.messaging.routes import dashboard as dashboard_routes
 from services.messaging.routes import ephemeral as ephemeral_routes
 from services.messaging.routes import knock as knock_routes
+from services.messaging.routes import directory as directory_routes
 from services.messaging.routes import profiles as profiles_routes
 from shared.internal import InternalClient
 from shared.metrics import Metrics
@@ -79,11 +80,13 @@ def create_app(settings: Settings, **clients):
 
     @app.post(c.ROOMS, tags=["rooms"])
     async def create_room(body: c.CreateRoomRequest, request: Request) -> dict:
-        return await svc(request).pdu.create_room(body.model_dump())
+        return await directory_routes.create_room(svc(request), settings.server_name, body)
 
     @app.post(c.JOIN, tags=["rooms"])
     async def join(room_id: str, body: c.JoinRequest, request: Request) -> dict:
-        return await svc(request).pdu.join(room_id, body.model_dump())
+        room_id, servers = await directory_routes.join_target(svc(request), settings.server_name,
+                                                             room_id, body.servers)
+        return await svc(request).pdu.join(room_id, dict(body.model_dump(), servers=servers))
 
     @app.post(c.INVITE, tags=["rooms"])
     async def invite(room_id: str, body: c.InviteRequest, request: Request) -> dict:
@@ -151,6 +154,7 @@ def create_app(settings: Settings, **clients):
     app.include_router(ephemeral_routes.router)
     app.include_router(knock_routes.router)
     app.include_router(profiles_routes.router)
+    app.include_router(directory_routes.router)
     app.include_router(admin_routes.router)
     app.include_router(dashboard_routes.router)
     app.include_router(devices_routes.router)

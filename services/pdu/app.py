@@ -18,6 +18,7 @@ from services.pdu.keyring import Keyring
 from services.pdu.membership import MembershipHandler
 from services.pdu.rooms import RoomHandler
 from services.pdu.routes import admin as admin_routes
+from services.pdu.routes import directory as directory_routes
 from services.pdu.routes import knock as knock_routes
 from services.pdu.routes import servers as servers_routes
 from shared.metrics import Metrics
@@ -193,6 +194,7 @@ def create_app(settings: Settings, **clients):
 
     app.include_router(servers_routes.router)
     app.include_router(knock_routes.router)
+    app.include_router(directory_routes.router)
     app.include_router(admin_routes.router)
     serve_lean(app, inbound, send, send_batch)   # the per-event routes
     return app

@@ -66,6 +66,8 @@ FORWARDED = [
     ("PUT", "/v2/send_leave/{room_id}/{event_id}"),
     ("GET", "/v1/make_knock/{room_id}/{user_id}"),
     ("PUT", "/v1/send_knock/{room_id}/{event_id}"),
+    ("GET", "/v1/publicRooms"),
+    ("POST", "/v1/publicRooms"),
     ("PUT", "/v1/exchange_third_party_invite/{room_id}"),
 ]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 from typing import Literal
+from urllib.parse import quote
 
 from pydantic import BaseModel, Field
 
@@ -36,11 +37,13 @@ KEYS_QUERY = "/v1/keys/query"
 KEYS_CLAIM = "/v1/keys/claim"
 PROFILE = "/v1/profile/{user_id}"
 QUERY_HANDLERS = "/v1/query_handlers"
+DIRECTORY = "/v1/directory/{room_alias}"
+VISIBILITY = "/v1/rooms/{room_id}/visibility"
+PUBLIC_ROOMS = "/v1/public_rooms"
 
 
 # The domain API takes the same shapes the pdu service does (messaging forwards them):
 # one definition, in the pdu contract.
-CreateRoomRequest = pdu_contract.CreateRoom
 JoinRequest = pdu_contract.Join
 InviteRequest = pdu_contract.Invite
 LeaveRequest = pdu_contract.Leave
@@ -48,6 +51,14 @@ KnockRequest = pdu_contract.Knock
 SendRequest = pdu_contract.SendEvent
 SendBatchRequest = pdu_contract.SendBatch
 SendBatchResponse = pdu_contract.SendBatchResponse
+
+
+class CreateRoomRequest(pdu_contract.CreateRoom):
+    """As the pdu service's, plus, as the client-server API has them: `room_alias_name`
+    (the localpart of an alias of ours made for the room, m.room.canonical_alias set) and
+    `visibility` (public: listed in our public room list)."""
+    room_alias_name: str | None = Field(None, min_length=1, max_length=200, pattern=r"^[^:#\s]+$")
+    visibility: Literal["public", "private"] = "private"
 
 
 class ModerationRequest(BaseModel):
@@ -164,7 +175,7 @@ class MessagingClient(InternalClient):
         return (await self.call("POST", ROOMS, {"creator": creator, **kw}))["room_id"]
 
     async def join(self, room_id, user_id, servers=()) -> str:
-        return (await self.call("POST", JOIN.format(room_id=room_id),
+        return (await self.call("POST", JOIN.format(room_id=quote(room_id, safe="")),   # or an alias
                                 {"user_id": user_id, "servers": list(servers)}))["event_id"]
 
     async def invite(self, room_id, sender, user_id) -> str:
@@ -181,6 +192,23 @@ class MessagingClient(InternalClient):
 
     async def profile(self, user_id) -> dict:
         return await self.call("GET", PROFILE.format(user_id=user_id))
+
+    async def put_alias(self, room_alias, room_id) -> dict:
+        return await self.call("PUT", DIRECTORY.format(room_alias=quote(room_alias, safe="")), {"room_id": room_id})
+
+    async def delete_alias(self, room_alias) -> dict:
+        return await self.call("DELETE", DIRECTORY.format(room_alias=quote(room_alias, safe="")))
+
+    async def resolve_alias(self, room_alias) -> dict:
+        return await self.call("GET", DIRECTORY.format(room_alias=quote(room_alias, safe="")))
+
+    async def set_visibility(self, room_id, visibility) -> dict:
+        return await self.call("PUT", VISIBILITY.format(room_id=room_id), {"visibility": visibility})
+
+    async def public_rooms(self, server=None, limit=None, since=None, search=None) -> dict:
+        params = {k: v for k, v in (("server", server), ("limit", limit), ("since", since),
+                                    ("search", search)) if v is not None}
+        return await self.call("GET", PUBLIC_ROOMS, params=params or None)
 
     async def put_query_handler(self, query_type, url) -> dict:
         return await self.call("POST", QUERY_HANDLERS, {"query_type": query_type, "url": url})

@@ -22,6 +22,7 @@ JOIN = PREFIX + "/rooms/{room_id}/join"
 INVITE = PREFIX + "/rooms/{room_id}/invite"
 LEAVE = PREFIX + "/rooms/{room_id}/leave"
 KNOCK = PREFIX + "/rooms/{room_id}/knock"
+PUBLIC_ROOMS = PREFIX + "/public_rooms"
 STATE = PREFIX + "/rooms/{room_id}/state"
 BACKFILL = PREFIX + "/rooms/{room_id}/backfill"
 ROOM_SERVERS = PREFIX + "/rooms/{room_id}/servers"
@@ -104,6 +105,20 @@ class Knock(BaseModel):
     reason: str | None = None
 
 
+class PublicRoomsRequest(BaseModel):
+    """Our public room list (services/pdu/directory.py): `since` a previous next_batch."""
+    limit: int | None = Field(None, ge=1)
+    since: str | None = None
+    filter: dict | None = None      # {"generic_search_term": str}
+
+
+class PublicRoomsResponse(BaseModel):
+    chunk: list[dict]
+    next_batch: str | None = None
+    prev_batch: str | None = None
+    total_room_count_estimate: int
+
+
 class Backfill(BaseModel):
     """Page back through history from before we joined: `from` is the previous page's
     `next` (omit it to start just before our oldest event of the room)."""
@@ -164,6 +179,9 @@ class PduClient(InternalClient):
 
     async def leave(self, room_id: str, body: dict) -> dict:
         return await self.call("POST", LEAVE.format(room_id=quote(room_id, safe="")), body)
+
+    async def public_rooms(self, body: dict) -> dict:
+        return await self.call("POST", PUBLIC_ROOMS, body)
 
     async def knock(self, room_id: str, body: dict) -> dict:
         return await self.call("POST", KNOCK.format(room_id=quote(room_id, safe="")), body)

@@ -2,7 +2,8 @@
 rate-limited like every other request.
 
 - `profile` (`user_id`, optional `field` of displayname / avatar_url) and `directory`
-  (`room_alias`) are answered from what the homeserver told the stack (the transaction
+  (`room_alias`: the room and the servers to join it through, ours first, then the
+  alias's and the room's joined servers) are answered from what the homeserver told the stack (the transaction
   service's directory tables): 404 M_NOT_FOUND for a user or alias of ours we know nothing
   of, or of another server; 400 M_MISSING_PARAM / M_INVALID_PARAM for bad parameters.
 - Any other type goes to the handler the homeserver registered for it (`GET url?<the
@@ -13,12 +14,14 @@ rate-limited like every other request.
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import quote
 
 import httpx
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from shared.canonical import dumps
+from shared.contracts import pdu as pdu_c
 from shared.errors import MatrixError
 from shared.events import server_of
 
@@ -61,7 +64,10 @@ async def _directory(request: Request, svc) -> Response:
     found = await svc.transaction.get_alias(alias) if _ours(request, alias, "#") else None
     if found is None:
         raise MatrixError(404, "M_NOT_FOUND", "Room alias not found")
-    servers = list(dict.fromkeys([svc.settings.server_name] + found["servers"]))
+    status, data = await svc.pdu.request(
+        "GET", pdu_c.ROOM_SERVERS.format(room_id=quote(found["room_id"], safe="")))
+    in_room = data.get("servers", []) if status == 200 and isinstance(data, dict) else []
+    servers = list(dict.fromkeys([svc.settings.server_name] + found["servers"] + sorted(in_room)))
     return _answer(200, {"room_id": found["room_id"], "servers": servers})
 
 

@@ -37,6 +37,9 @@ FEDERATION_ENDPOINTS = [
     ("POST", FED + "/v1/user/keys/query", True),
     ("POST", FED + "/v1/user/keys/claim", True),
     ("GET", FED + "/v1/query/profile?user_id=@u:hs.test", False),
+    ("GET", FED + "/v1/query/directory?room_alias=%23a:hs.test", False),
+    ("GET", FED + "/v1/publicRooms", False),
+    ("POST", FED + "/v1/publicRooms", True),
 ]
 
 
