@@ -152,3 +152,14 @@ async def test_the_public_federation_listener_hides_metrics(pair):
         r = await c.get("/metrics")
         assert r.status_code == 404 and r.json()["errcode"] == "M_UNRECOGNIZED"
     assert (await scrape(a.transport_app))   # the internal listener serves them
+
+
+async def test_scope_service_is_the_messaging_service_alone(pair):
+    a, _ = pair
+    await a.api.create_room(a.user("alice"))
+    status, text = await a.api.raw("GET", "/metrics?scope=service")
+    assert status == 200
+    own = parse(text.decode())
+    assert value(own, "fedstack_http_request_duration_seconds_count", service="messaging") > 0
+    assert not [k for k in own if dict(k[1]).get("service") not in (None, "messaging")]
+    assert value(own, "fedstack_db_call_seconds_count") == 0     # the transaction's is not here

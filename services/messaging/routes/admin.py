@@ -8,7 +8,7 @@ Invariants:
 - `/metrics` is one valid Prometheus exposition: this service's own series and those of
   the transport, transaction and pdu services, fetched from their internal `/metrics` at
   each scrape (`shared.metrics.merge_expositions`); a service that does not answer is left
-  out, and `fedstack_service_up{service}` says so.
+  out, and `fedstack_service_up{service}` says so. `?scope=service`: its own series only.
 - Inbound origin rates are computed from the counters over the last minute of calls
   (`OriginRates`); the first call has no rate yet (null).
 """
@@ -90,7 +90,11 @@ class OriginRates:
 
 
 @router.get(c.METRICS, include_in_schema=False)
-async def metrics(request: Request):
+async def metrics(request: Request, scope: str = "homeserver"):
+    """The combined view; `?scope=service`: this service's own series only (for a
+    Prometheus that scrapes each service itself, as the compose `monitoring` profile's)."""
+    if scope == "service":
+        return Response(await _svc(request).metrics.render(), media_type=CONTENT_TYPE)
     return Response(await combined_metrics(_svc(request)), media_type=CONTENT_TYPE)
 
 
