@@ -71,6 +71,43 @@ def unique_by_position(cb, sid):
     return events, repeats
 
 
+class TwoWayStream:
+    """alice@a makes a public room, bob@b joins it, both subscribe (one callback server),
+    then each sends `per_side` messages from a thread, retrying through crashes."""
+
+    def __init__(self, a, b, cb, per_side: int, deadline: float):
+        self.a, self.b, self.cb, self.per_side, self.deadline = a, b, cb, per_side, deadline
+        alice, bob = f"@alice:{a.settings.server_name}", f"@bob:{b.settings.server_name}"
+        self.room = call(a, "POST", "/v1/rooms", deadline,
+                         json={"creator": alice, "preset": "public_chat"})["room_id"]
+        call(b, "POST", f"/v1/rooms/{self.room}/join", deadline,
+             json={"user_id": bob, "servers": [a.settings.server_name]})
+        self.subs = [call(hs, "POST", "/v1/subscriptions", deadline,
+                          json={"url": cb.url, "room_id": self.room, "types": ["m.room.message"]}
+                          )["subscription_id"] for hs in (a, b)]
+        self.errors: list = []
+        self.threads = [sender_thread(a, self.room, alice, "a", per_side, deadline, self.errors),
+                        sender_thread(b, self.room, bob, "b", per_side, deadline, self.errors)]
+
+    def check_delivered(self) -> None:
+        """Every message reached both subscriptions once (repeats only of a position
+        already delivered), in order per sender."""
+        for t in self.threads:
+            t.join(max(1, self.deadline - time.monotonic()))
+        assert not self.errors, self.errors
+        for sid in self.subs:
+            while True:
+                evs, repeats = unique_by_position(self.cb, sid)
+                if len(evs) >= 2 * self.per_side or time.monotonic() > self.deadline:
+                    break
+                time.sleep(0.2)
+            got = [e["content"]["body"] for e in evs]
+            assert len(got) == len(set(got)), "a message was stored twice"
+            assert [x for x in got if x[0] == "a"] == [f"a{i}" for i in range(self.per_side)]
+            assert [x for x in got if x[0] == "b"] == [f"b{i}" for i in range(self.per_side)]
+            print(f"subscription {sid[:8]}: {len(got)} events, {repeats} repeated deliveries")
+
+
 def test_kill9_any_service_nothing_lost_nothing_twice(tmp_path):
     rng = random.Random(int(os.environ.get("FEDSTACK_CRASH_SEED", "7")))
     cb = CallbackServer().start()
@@ -78,16 +115,7 @@ def test_kill9_any_service_nothing_lost_nothing_twice(tmp_path):
     b = start_homeserver(tmp_path / "b")
     try:
         deadline = time.monotonic() + 900
-        alice = f"@alice:{a.settings.server_name}"
-        bob = f"@bob:{b.settings.server_name}"
-        room = call(a, "POST", "/v1/rooms", deadline, json={"creator": alice, "preset": "public_chat"})["room_id"]
-        call(b, "POST", f"/v1/rooms/{room}/join", deadline, json={"user_id": bob, "servers": [a.settings.server_name]})
-        sa = call(a, "POST", "/v1/subscriptions", deadline, json={"url": cb.url, "room_id": room, "types": ["m.room.message"]})["subscription_id"]
-        sb = call(b, "POST", "/v1/subscriptions", deadline, json={"url": cb.url, "room_id": room, "types": ["m.room.message"]})["subscription_id"]
-        per_side = MESSAGES // 2
-        errors: list = []
-        threads = [sender_thread(a, room, alice, "a", per_side, deadline, errors),
-                   sender_thread(b, room, bob, "b", per_side, deadline, errors)]
+        stream = TwoWayStream(a, b, cb, MESSAGES // 2, deadline)
         kills = []
         for k in range(KILLS):
             hs = (a, b)[k % 2]
@@ -98,22 +126,8 @@ def test_kill9_any_service_nothing_lost_nothing_twice(tmp_path):
             time.sleep(rng.uniform(0.1, 0.8))
             hs.start_service(service)
             hs.wait_healthy([service])
-        for t in threads:
-            t.join(max(1, deadline - time.monotonic()))
-        assert not errors, errors
-        want_a = [f"a{i}" for i in range(per_side)]
-        want_b = [f"b{i}" for i in range(per_side)]
-        for sid in (sa, sb):
-            while True:
-                evs, repeats = unique_by_position(cb, sid)
-                if len(evs) >= 2 * per_side or time.monotonic() > deadline:
-                    break
-                time.sleep(0.2)
-            got = [e["content"]["body"] for e in evs]
-            assert len(got) == len(set(got)), "a message was stored twice"
-            assert [x for x in got if x[0] == "a"] == want_a
-            assert [x for x in got if x[0] == "b"] == want_b
-            print(f"subscription {sid[:8]}: {len(got)} events, {repeats} repeated deliveries")
+        stream.check_delivered()
+        room = stream.room
         sa_state = {(e["type"], e["state_key"]): e["event_id"] for e in call(a, "GET", f"/v1/rooms/{room}/state", deadline)["state"]}
         sb_state = {(e["type"], e["state_key"]): e["event_id"] for e in call(b, "GET", f"/v1/rooms/{room}/state", deadline)["state"]}
         assert sa_state == sb_state

@@ -14,7 +14,7 @@ import time
 from types import SimpleNamespace
 
 from fedstack.cli import SERVICES, free_port
-from tests.crash.test_kill9 import call, sender_thread, unique_by_position
+from tests.crash.test_kill9 import TwoWayStream
 from shared.settings import Settings
 from tests.processes import CallbackServer
 
@@ -86,17 +86,7 @@ def test_fedstack_up_restarts_killed_processes_and_loses_nothing(tmp_path):
     b = fedstack_up(tmp_path / "b")
     try:
         deadline = time.monotonic() + 600
-        alice = f"@alice:{a.settings.server_name}"
-        bob = f"@bob:{b.settings.server_name}"
-        room = call(a, "POST", "/v1/rooms", deadline, json={"creator": alice, "preset": "public_chat"})["room_id"]
-        call(b, "POST", f"/v1/rooms/{room}/join", deadline,
-             json={"user_id": bob, "servers": [a.settings.server_name]})
-        subs = [call(hs, "POST", "/v1/subscriptions", deadline,
-                     json={"url": cb.url, "room_id": room, "types": ["m.room.message"]})["subscription_id"]
-                for hs in (a, b)]
-        errors: list = []
-        threads = [sender_thread(a, room, alice, "a", MESSAGES_PER_SIDE, deadline, errors),
-                   sender_thread(b, room, bob, "b", MESSAGES_PER_SIDE, deadline, errors)]
+        stream = TwoWayStream(a, b, cb, MESSAGES_PER_SIDE, deadline)
         kills = []
         for _ in range(KILLS):
             time.sleep(rng.uniform(0.3, 1.5))
@@ -105,20 +95,7 @@ def test_fedstack_up_restarts_killed_processes_and_loses_nothing(tmp_path):
             os.kill(pid, signal.SIGKILL)
             kills.append(service)
             wait_restarted(b, service, pid)
-        for t in threads:
-            t.join(max(1, deadline - time.monotonic()))
-        assert not errors, errors
-        for sid in subs:
-            while True:
-                evs, repeats = unique_by_position(cb, sid)
-                if len(evs) >= 2 * MESSAGES_PER_SIDE or time.monotonic() > deadline:
-                    break
-                time.sleep(0.2)
-            got = [e["content"]["body"] for e in evs]
-            assert len(got) == len(set(got)), "a message was stored twice"
-            assert [x for x in got if x[0] == "a"] == [f"a{i}" for i in range(MESSAGES_PER_SIDE)]
-            assert [x for x in got if x[0] == "b"] == [f"b{i}" for i in range(MESSAGES_PER_SIDE)]
-            print(f"subscription {sid[:8]}: {len(got)} events, {repeats} repeated deliveries")
+        stream.check_delivered()
         assert b.proc.poll() is None, "fedstack up of B stopped"
         state = (b.data_dir / "supervisor.json").read_text()
         print(f"kills: {kills}\nsupervisor: {state}")
