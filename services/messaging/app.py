@@ -22,6 +22,7 @@ from services.messaging.routes import ephemeral as ephemeral_routes
 from services.messaging.routes import knock as knock_routes
 from services.messaging.routes import directory as directory_routes
 from services.messaging.routes import profiles as profiles_routes
+from services.messaging.routes import spaces as spaces_routes
 from shared.internal import InternalClient
 from shared.metrics import Metrics
 from shared.contracts import messaging as c
@@ -155,6 +156,7 @@ def create_app(settings: Settings, **clients):
     app.include_router(knock_routes.router)
     app.include_router(profiles_routes.router)
     app.include_router(directory_routes.router)
+    app.include_router(spaces_routes.router)
     app.include_router(admin_routes.router)
     app.include_router(dashboard_routes.router)
     app.include_router(devices_routes.router)

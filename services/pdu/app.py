@@ -19,6 +19,7 @@ from services.pdu.membership import MembershipHandler
 from services.pdu.rooms import RoomHandler
 from services.pdu.routes import admin as admin_routes
 from services.pdu.routes import directory as directory_routes
+from services.pdu.routes import hierarchy as hierarchy_routes
 from services.pdu.routes import knock as knock_routes
 from services.pdu.routes import servers as servers_routes
 from shared.metrics import Metrics
@@ -89,7 +90,8 @@ def create_app(settings: Settings, **clients):
 
     @app.post(c.ROOMS, tags=["rooms"], response_model=c.RoomIdResponse)
     async def create_room(body: c.CreateRoom, request: Request):
-        rid = await svc(request).rooms.create_room(body.creator, body.room_version, body.preset, body.name)
+        rid = await svc(request).rooms.create_room(body.creator, body.room_version, body.preset, body.name,
+                                                   body.room_type)
         return {"room_id": rid}
 
     @app.post(c.SEND, tags=["rooms"], response_model=c.EventIdResponse)
@@ -195,6 +197,7 @@ def create_app(settings: Settings, **clients):
     app.include_router(servers_routes.router)
     app.include_router(knock_routes.router)
     app.include_router(directory_routes.router)
+    app.include_router(hierarchy_routes.router)
     app.include_router(admin_routes.router)
     serve_lean(app, inbound, send, send_batch)   # the per-event routes
     return app

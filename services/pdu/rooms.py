@@ -74,11 +74,14 @@ class RoomHandler:
         if not is_local_user(user_id, self.server_name):
             raise MatrixError(403, "M_FORBIDDEN", f"{user_id} is not a user of {self.server_name}")
 
-    async def create_room(self, creator: str, room_version: str, preset: str, name: str | None) -> str:
+    async def create_room(self, creator: str, room_version: str, preset: str, name: str | None,
+                          room_type: str | None = None) -> str:
         self.require_local(creator)
         rv = get_room_version(room_version)
         room_id = None if rv.room_id_is_create_id else f"!{secrets.token_urlsafe(18)}:{self.server_name}"
         content = {"room_version": room_version}
+        if room_type is not None:
+            content["type"] = room_type   # e.g. m.space
         if rv.creator_in_content:
             content["creator"] = creator
         users = {} if rv.privileged_creators else {creator: 100}

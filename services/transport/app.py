@@ -68,6 +68,8 @@ FORWARDED = [
     ("PUT", "/v1/send_knock/{room_id}/{event_id}"),
     ("GET", "/v1/publicRooms"),
     ("POST", "/v1/publicRooms"),
+    ("GET", "/v1/hierarchy/{room_id}"),
+    ("GET", "/v1/timestamp_to_event/{room_id}"),
     ("PUT", "/v1/exchange_third_party_invite/{room_id}"),
 ]
 

@@ -40,6 +40,7 @@ QUERY_HANDLERS = "/v1/query_handlers"
 DIRECTORY = "/v1/directory/{room_alias}"
 VISIBILITY = "/v1/rooms/{room_id}/visibility"
 PUBLIC_ROOMS = "/v1/public_rooms"
+HIERARCHY = "/v1/rooms/{room_id}/hierarchy"
 
 
 # The domain API takes the same shapes the pdu service does (messaging forwards them):
@@ -209,6 +210,10 @@ class MessagingClient(InternalClient):
         params = {k: v for k, v in (("server", server), ("limit", limit), ("since", since),
                                     ("search", search)) if v is not None}
         return await self.call("GET", PUBLIC_ROOMS, params=params or None)
+
+    async def hierarchy(self, room_id, suggested_only=False, via=()) -> dict:
+        params = [("suggested_only", "true" if suggested_only else "false")] + [("via", v) for v in via]
+        return await self.call("GET", HIERARCHY.format(room_id=room_id), params=params)
 
     async def put_query_handler(self, query_type, url) -> dict:
         return await self.call("POST", QUERY_HANDLERS, {"query_type": query_type, "url": url})

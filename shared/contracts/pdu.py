@@ -23,6 +23,7 @@ INVITE = PREFIX + "/rooms/{room_id}/invite"
 LEAVE = PREFIX + "/rooms/{room_id}/leave"
 KNOCK = PREFIX + "/rooms/{room_id}/knock"
 PUBLIC_ROOMS = PREFIX + "/public_rooms"
+HIERARCHY = PREFIX + "/rooms/{room_id}/hierarchy"
 STATE = PREFIX + "/rooms/{room_id}/state"
 BACKFILL = PREFIX + "/rooms/{room_id}/backfill"
 ROOM_SERVERS = PREFIX + "/rooms/{room_id}/servers"
@@ -51,6 +52,7 @@ class CreateRoom(BaseModel):
     room_version: Literal["10", "11", "12"] = "12"
     preset: Literal["public_chat", "private_chat"] = "private_chat"
     name: str | None = None
+    room_type: str | None = Field(None, min_length=1, max_length=255)   # create content "type" (m.space)
 
 
 class SendEvent(BaseModel):
@@ -179,6 +181,11 @@ class PduClient(InternalClient):
 
     async def leave(self, room_id: str, body: dict) -> dict:
         return await self.call("POST", LEAVE.format(room_id=quote(room_id, safe="")), body)
+
+    async def hierarchy(self, room_id: str, suggested_only: bool = False) -> tuple[int, dict]:
+        """(status, body) of a room's space hierarchy as we hold it (404: not held)."""
+        return await self.request("GET", HIERARCHY.format(room_id=quote(room_id, safe="")),
+                                  params={"suggested_only": "true" if suggested_only else "false"})
 
     async def public_rooms(self, body: dict) -> dict:
         return await self.call("POST", PUBLIC_ROOMS, body)

@@ -57,6 +57,7 @@ def endpoints(room_id: str, user_id: str, some_event: str) -> list[tuple[str, st
         ("POST", f"{FED}/v1/get_missing_events/{rid}",
          {"earliest_events": [], "latest_events": [some_event], "limit": 10}, []),
         ("GET", f"{FED}/v1/event/{eid}", None, []),
+        ("GET", f"{FED}/v1/timestamp_to_event/{rid}", None, [("ts", "0"), ("dir", "f")]),
     ]
 
 

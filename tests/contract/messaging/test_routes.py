@@ -19,9 +19,11 @@ def r(path: str) -> str:
 # (route, body, expected pdu call name, expected pdu body)
 CASES = [
     (c.ROOMS, {"creator": ALICE, "preset": "public_chat", "name": "n"}, "create_room",
-     {"creator": ALICE, "room_version": "12", "preset": "public_chat", "name": "n"}),
+     {"creator": ALICE, "room_version": "12", "preset": "public_chat", "name": "n", "room_type": None}),
     (c.ROOMS, {"creator": ALICE, "room_version": "10"}, "create_room",
-     {"creator": ALICE, "room_version": "10", "preset": "private_chat", "name": None}),
+     {"creator": ALICE, "room_version": "10", "preset": "private_chat", "name": None, "room_type": None}),
+    (c.ROOMS, {"creator": ALICE, "room_type": "m.space"}, "create_room",
+     {"creator": ALICE, "room_version": "12", "preset": "private_chat", "name": None, "room_type": "m.space"}),
     (r(c.JOIN), {"user_id": ALICE, "servers": ["other.test"]}, "join",
      {"user_id": ALICE, "servers": ["other.test"]}),
     (r(c.INVITE), {"sender": ALICE, "user_id": BOB}, "invite", {"sender": ALICE, "user_id": BOB}),

@@ -40,6 +40,8 @@ FEDERATION_ENDPOINTS = [
     ("GET", FED + "/v1/query/directory?room_alias=%23a:hs.test", False),
     ("GET", FED + "/v1/publicRooms", False),
     ("POST", FED + "/v1/publicRooms", True),
+    ("GET", FED + "/v1/hierarchy/!r:x.test", False),
+    ("GET", FED + "/v1/timestamp_to_event/!r:x.test?ts=0&dir=f", False),
 ]
 
 
