@@ -89,8 +89,11 @@ class RoomHandler:
               "ban": 50, "kick": 50, "redact": 50, "invite": 0 if preset == "public_chat" else 50,
               "events": {"m.room.name": 50, "m.room.power_levels": 100,
                          "m.room.history_visibility": 100, "m.room.tombstone": 150 if rv.privileged_creators else 100}}
+        profile = await self.tx.get_profile(creator) or {}   # the creator's join carries it
+        join = {"membership": "join", **{k: v for k, v in profile.items()
+                                         if k in ("displayname", "avatar_url") and isinstance(v, str)}}
         plan = [("m.room.create", "", content),
-                ("m.room.member", creator, {"membership": "join"}),
+                ("m.room.member", creator, join),
                 ("m.room.power_levels", "", pl),
                 ("m.room.join_rules", "", {"join_rule": "public" if preset == "public_chat" else "invite"}),
                 ("m.room.history_visibility", "", {"history_visibility": "shared"})]

@@ -100,7 +100,11 @@ async def test_a_slow_handler_times_out(hs, remote, monkeypatch):
 async def test_joins_and_invites_carry_our_users_profiles(hs, remote):
     await hs.api.put_profile(hs.user("bob"), "Bob B", "mxc://ours.test/b")
     await hs.api.put_profile(hs.user("carol"), "Carol")
+    await hs.api.put_profile(hs.user("alice"), "Alice A")
     room_id = await hs.api.create_room(hs.user("alice"), room_version="12", preset="public_chat")
+    creator = next(e for e in await hs.api.state(room_id)
+                   if e["type"] == "m.room.member" and e["state_key"] == hs.user("alice"))
+    assert creator["content"] == {"membership": "join", "displayname": "Alice A"}
     join_id = await hs.api.join(room_id, hs.user("bob"))
     invite_id = await hs.api.invite(room_id, hs.user("alice"), hs.user("carol"))
     recs = await hs.records(join_id, invite_id)
