@@ -39,8 +39,9 @@ EDU_TYPES = frozenset({"m.typing", "m.receipt", "m.presence", "m.direct_to_devic
 
 
 def bounded(value, allowed: frozenset, other: str = "other") -> str:
-    """`value` when it is one of `allowed`, else `other`: keeps a label's values bounded."""
-    return value if value in allowed else other
+    """`value` when it is one of `allowed`, else `other`: keeps a label's values bounded
+    (anything a remote sent: a list or an object is `other` too, never an error)."""
+    return value if isinstance(value, str) and value in allowed else other
 
 
 class _CounterSeries:
