@@ -6,6 +6,11 @@ Invariants:
   (so a user's stream_ids only grow, also across devices and restarts), and its
   m.device_list_update EDU (stream_id, prev_id = the user's previous stream_id) is queued
   for the given destinations in the same commit as the change: never one without the other.
+- A user's list before any change is stream_id 0 (what /user/devices answers for it), so
+  the first update names prev_id [0]: a server that fetched the empty list (Synapse does
+  when one of our users joins its room) applies the update without fetching the list
+  again; an empty prev_id would make Synapse resync every time (and its resync racing a
+  key query reports us in `failures`).
 - A cross-signing change queues its m.signing_key_update in the same commit.
 - A one-time key is handed out at most once: a claim deletes what it returns in the same
   call, and calls run one at a time on the database thread (concurrent claims serialise).
@@ -30,7 +35,7 @@ def _next_stream_id(conn, user_id: str) -> tuple[int, list[int]]:
     row = conn.execute("SELECT stream_id FROM device_streams WHERE user_id = ?", (user_id,)).fetchone()
     conn.execute("INSERT INTO device_streams (user_id, stream_id) VALUES (?, ?) ON CONFLICT"
                  " (user_id) DO UPDATE SET stream_id = excluded.stream_id", (user_id, value))
-    return value, [row[0]] if row else []
+    return value, [row[0] if row else 0]
 
 
 def _check_keys(keys: dict, user_id: str, device_id: str | None = None) -> None:

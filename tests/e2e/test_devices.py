@@ -22,7 +22,7 @@ async def test_device_list_and_keys_reach_the_other_server(pair):
     sb = await b.api.subscribe("http://cb/callback",
                                types=["m.device_list_update", "m.signing_key_update"])
     first = await a.api.put_device(alice, "ADEV", display_name="phone", keys=device_keys(alice, "ADEV"))
-    assert first["prev_id"] == []
+    assert first["prev_id"] == [0]                 # the empty list before it
     [update] = await wait_edus(b, 1, sb)
     assert update["origin"] == a.server_name
     assert update["content"]["device_id"] == "ADEV" and update["content"]["stream_id"] == first["stream_id"]

@@ -48,13 +48,13 @@ async def test_device_changes_commit_with_their_updates(service_client, fake_tra
                                         json={"destinations": ["b.test"]})
     assert resp.status_code == 200, resp.text
     third = c.DeviceChange.model_validate(resp.json())
-    assert first.prev_id == [] and second.prev_id == [first.stream_id]
+    assert first.prev_id == [0] and second.prev_id == [first.stream_id]   # 0: no devices yet
     assert third.prev_id == [second.stream_id] and first.stream_id < second.stream_id < third.stream_id
     await wait_until(lambda: len(device_edus(fake_transport, "b.test")) == 3, what="updates sent")
     sent = device_edus(fake_transport, "b.test")
     assert [e["edu_type"] for e in sent] == ["m.device_list_update"] * 3
     assert sent[0]["content"] == {"user_id": u, "device_id": "D1", "stream_id": first.stream_id,
-                                  "prev_id": [], "deleted": False, "device_display_name": "phone",
+                                  "prev_id": [0], "deleted": False, "device_display_name": "phone",
                                   "keys": keys(u, "D1")}
     assert sent[2]["content"]["deleted"] is True and sent[2]["content"]["prev_id"] == [second.stream_id]
     await wait_until(lambda: len(device_edus(fake_transport, "c.test")) == 1, what="c.test's update")
