@@ -72,8 +72,20 @@ class Hook:
                 for e in orjson.loads(raw)["events"] if e.get("type") == "m.room.message"]
 
 
+def assert_free(port: int) -> None:
+    import socket
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise AssertionError(f"port {port}, which the README's example uses, is taken: {exc}")
+
+
 def test_readme_examples_work_as_written(tmp_path):
     text = README.read_text()
+    for port in (8448, 8008, 9000):
+        assert_free(port)
     up = subprocess.Popen(["bash", "-c", "exec " + start_command(text)], cwd=tmp_path,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           start_new_session=True)
@@ -92,7 +104,7 @@ def test_readme_examples_work_as_written(tmp_path):
         with Hook() as hook:
             run = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True,
                                  text=True, timeout=120, env={**os.environ})
-            assert run.returncode == 0, run.stdout + run.stderr
+            assert run.returncode == 0, (run.stdout + run.stderr, up.poll())
             assert '"event_id"' in run.stdout and "errcode" not in run.stdout, run.stdout
             deadline = time.monotonic() + 30
             while sorted(hook.bodies()) != ["1", "2", "hi"] and time.monotonic() < deadline:
