@@ -90,15 +90,12 @@ def test_readme_examples_work_as_written(tmp_path):
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get("http://localhost:8008/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        else:
-            raise AssertionError("the README's fedstack up did not come up")
+        printed = []
+        while not any("messaging" in line for line in printed):   # all four are up
+            line = up.stdout.readline()
+            if not line:
+                raise AssertionError("the README's fedstack up did not come up:\n" + "".join(printed))
+            printed.append(line)
         using = section(text, "## Using it")
         script = "set -euo pipefail\n" + "\n".join(indented_commands(using)) + "\n"
         with Hook() as hook:
