@@ -220,7 +220,7 @@ def merge_expositions(texts: list[bytes | str]) -> str:
         if isinstance(text, bytes):
             text = text.decode("utf-8", "replace")
         current = None
-        for line in text.splitlines():
+        for line in text.split("\n"):    # not splitlines(): a label value may hold \x85 or \u2028
             if not line.strip():
                 continue
             if line.startswith("# HELP ") or line.startswith("# TYPE "):

@@ -38,3 +38,13 @@ def test_fast_series_and_merge():
     fams = [f for f in text_string_to_metric_families(merged) if f.name == "fedstack_things"]
     assert len(fams) == 1 and {s.labels["outcome"] for s in fams[0].samples} == {"ok", "bad"}
     assert merged.count("# TYPE fedstack_things_total counter") == 1
+
+
+def test_merge_keeps_label_values_with_unicode_line_separators():
+    """A destination name holding U+0085 or U+2028 (a fuzzer's) stays one sample line."""
+    m = Metrics("transaction")
+    for name in ("n\x85x", "a\u2028b", 'q"\\\n'):
+        m.counter("fedstack_sends_total", "sends", ["destination"]).labels(name).inc()
+    merged = merge_expositions([asyncio.run(m.render())])
+    (fam,) = [f for f in text_string_to_metric_families(merged) if f.name == "fedstack_sends"]
+    assert {s.labels["destination"] for s in fam.samples} == {"n\x85x", "a\u2028b", 'q"\\\n'}
