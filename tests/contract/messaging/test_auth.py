@@ -62,7 +62,7 @@ async def test_the_right_token_is_let_in(service_client):
     assert r.status_code == 200, r.text
 
 
-async def test_a_rotated_token_file_takes_over_without_restart(service):
+async def test_a_rotated_token_file_takes_over_without_restart(service, inprocess):
     old = service.settings.token()
     async with service.client(token=False) as client:
         client.headers["authorization"] = f"Bearer {old}"
