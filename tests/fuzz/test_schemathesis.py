@@ -46,6 +46,11 @@ OPERATIONS = [pytest.param(s, op.method.upper(), op.path, id=f"{s} {op.method.up
 GATEWAY = {(service, "POST", f"{prefix}/rooms/{{room_id}}/{action}")
            for service, prefix in (("messaging", "/v1"), ("pdu", "/_internal/pdu/v1"))
            for action in ("join", "leave", "invite", "backfill")}
+# and those that ask another server for what it holds (profiles, aliases, public rooms,
+# space hierarchies) or knock through it (issue #14)
+GATEWAY |= {("messaging", "GET", "/v1/public_rooms"), ("messaging", "GET", "/v1/rooms/{room_id}/hierarchy"),
+            ("messaging", "GET", "/v1/profile/{user_id}"), ("messaging", "GET", "/v1/directory/{room_alias}"),
+            ("messaging", "POST", "/v1/rooms/{room_id}/knock"), ("pdu", "POST", "/_internal/pdu/v1/rooms/{room_id}/knock")}
 _STRATEGIES: dict = {}
 
 

@@ -20,7 +20,7 @@ from shared.contracts import directory as d
 from shared.contracts import messaging as c
 from shared.contracts import pdu as pdu_c
 from shared.errors import MatrixError, json_response
-from shared.events import server_of
+from shared.events import is_valid_server_name, server_of
 
 router = APIRouter(tags=["directory"])
 FED = "/_matrix/federation/v1"
@@ -31,7 +31,8 @@ def _svc(request: Request):
 
 
 def _alias_server(alias: str) -> str:
-    if not isinstance(alias, str) or not alias.startswith("#") or ":" not in alias or len(alias) > 255:
+    if (not isinstance(alias, str) or not alias.startswith("#") or ":" not in alias or len(alias) > 255
+            or not is_valid_server_name(server_of(alias))):
         raise MatrixError(400, "M_INVALID_PARAM", "not a room alias")
     return server_of(alias)
 
@@ -126,6 +127,8 @@ async def list_public_rooms(request: Request, server: str | None = None,
                             search: str | None = None):
     s = _svc(request)
     ours = request.app.state.settings.server_name
+    if server not in (None, "") and not is_valid_server_name(server):
+        raise MatrixError(400, "M_INVALID_PARAM", "server is not a server name")
     if server in (None, "", ours):
         body = {"limit": limit, "since": since}
         if search:

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Request
 
 from shared.contracts import messaging as c
 from shared.errors import MatrixError, json_response
-from shared.events import server_of
+from shared.events import is_valid_server_name, server_of
 
 router = APIRouter(tags=["spaces"])
 FED = "/_matrix/federation/v1"
@@ -29,7 +29,8 @@ async def hierarchy(room_id: str, request: Request, suggested_only: bool = False
     if status != 404:
         raise MatrixError(502, "M_UNKNOWN", f"hierarchy failed: {status}")
     ours = request.app.state.settings.server_name
-    servers = list(dict.fromkeys(via + ([server_of(room_id)] if ":" in room_id else [])))
+    servers = [v for v in dict.fromkeys(via + ([server_of(room_id)] if ":" in room_id else []))
+               if is_valid_server_name(v)]   # nothing to ask of a name that is none
     errors = []
     for server in [v for v in servers if v and v != ours]:
         resp = await s.tx.federation_request(
