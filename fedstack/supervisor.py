@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.settings import SUPERVISOR_STATE_FILE
+
 
 def describe_exit(returncode: int) -> str:
     """`exit status 3` or `killed by SIGKILL`."""
@@ -102,7 +104,7 @@ class Supervisor:
     def _save(self) -> None:
         state = {name: {"restarts": w.restarts, "last_exit": w.last_exit,
                         "next_backoff_s": w.backoff_s} for name, w in self._watch.items()}
-        path = Path(self.hs.settings.data_dir) / "supervisor.json"
+        path = Path(self.hs.settings.data_dir) / SUPERVISOR_STATE_FILE
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=1))
         tmp.replace(path)

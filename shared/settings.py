@@ -100,6 +100,11 @@ class Settings:
         return replace(self, **changes)
 
 
+# Written by `fedstack up`'s supervisor in the data directory: {instance: {restarts, last_exit,
+# next_backoff_s}}; read by the messaging service's combined /metrics.
+SUPERVISOR_STATE_FILE = "supervisor.json"
+
+
 def ensure_secret_file(data_dir: str | Path, name: str, *, replace_it: bool = False) -> str:
     """Create `<data_dir>/<name>` (mode 0600) holding a new random token once (or anew with
     `replace_it`, atomically); return its value."""

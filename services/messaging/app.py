@@ -37,6 +37,7 @@ class MessagingService:
     def __init__(self, settings: Settings, *, pdu_client=None, transaction_client=None,
                  callback_http=None, transport_client=None, metrics: Metrics | None = None):
         secret = settings.secret()
+        self.data_dir = settings.data_dir
         self.metrics = metrics or Metrics("messaging")
         self.pdu = pdu_client or PduClient(settings.pdu_url, secret)
         self.tx = transaction_client or TransactionClient(settings.transaction_url, secret)

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import time
 from types import SimpleNamespace
+
+import httpx
 
 from fedstack.cli import SERVICES, free_port
 from tests.crash.test_kill9 import TwoWayStream
@@ -97,6 +100,11 @@ def test_fedstack_up_restarts_killed_processes_and_loses_nothing(tmp_path):
             wait_restarted(b, service, pid)
         stream.check_delivered()
         assert b.proc.poll() is None, "fedstack up of B stopped"
+        scraped = httpx.get(f"http://127.0.0.1:{b.ports['messaging']}/metrics",
+                            headers={"authorization": f"Bearer {b.settings.token()}"}, timeout=30).text
+        restarts = {m.group(1): float(m.group(2)) for m in re.finditer(
+            r'^fedstack_process_restarts\{instance="([^"]+)"\} (\S+)$', scraped, re.M)}
+        assert restarts == {s: float(kills.count(s)) for s in SERVICES}, restarts
         state = (b.data_dir / "supervisor.json").read_text()
         print(f"kills: {kills}\nsupervisor: {state}")
     finally:

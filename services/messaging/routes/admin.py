@@ -15,7 +15,9 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request
 from prometheus_client.parser import text_string_to_metric_families
@@ -24,6 +26,7 @@ from starlette.responses import Response
 from shared.contracts import admin as c
 from shared.errors import json_response
 from shared.metrics import CONTENT_TYPE, merge_expositions
+from shared.settings import SUPERVISOR_STATE_FILE
 
 RATE_WINDOW_S = 60.0
 SERVICES = ("transport", "transaction", "pdu")
@@ -58,8 +61,22 @@ async def combined_metrics(svc) -> str:
     for name, body in zip(SERVICES, bodies):
         up.labels(name).set(1 if body is not None else 0)
     up.labels("messaging").set(1)
+    _supervisor_restarts(svc)
     own = await svc.metrics.render()
     return merge_expositions([own] + [b for b in bodies if b is not None])
+
+
+def _supervisor_restarts(svc) -> None:
+    """`fedstack up`'s restarts per process, from its state file (absent: not supervised)."""
+    try:
+        state = json.loads((Path(svc.data_dir) / SUPERVISOR_STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return
+    gauge = svc.metrics.gauge("fedstack_process_restarts", "Times fedstack up restarted a "
+                              "process that exited (since fedstack up started)", ["instance"])
+    for instance, info in state.items():
+        if isinstance(info, dict) and isinstance(info.get("restarts"), int):
+            gauge.labels(str(instance)).set(info["restarts"])
 
 
 def samples(text: str, *names: str) -> list[tuple[str, dict, float]]:
