@@ -161,19 +161,27 @@ class MembershipHandler:
                               f"{method} {path.split('/')[4]} at {server}: {resp.get('status')} {detail}")
         return resp["body"]
 
-    async def _join_via(self, server: str, room_id: str, user_id: str) -> str:
-        made = await self._request(server, "GET", f"/_matrix/federation/v1/make_join/{q(room_id)}/{q(user_id)}",
-                                   query=[("ver", v) for v in KNOWN_ROOM_VERSIONS])
+    async def _checked_template(self, made: dict, room_id: str, user_id: str,
+                                membership: str) -> tuple:
+        """(room version, template with our profile) of a make_join/make_knock answer, if it
+        is exactly the membership we asked for (400 M_INCOMPATIBLE_ROOM_VERSION for a
+        version we do not support, else 502)."""
         version, template = made.get("room_version"), made.get("event")
         if version not in KNOWN_ROOM_VERSIONS or not isinstance(template, dict):
             raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", f"unsupported room version {version!r}")
-        rv = get_room_version(version)
         content = template.get("content")
         if (template.get("type") != "m.room.member" or template.get("room_id") != room_id
                 or template.get("sender") != user_id or template.get("state_key") != user_id
-                or not isinstance(content, dict) or content.get("membership") != "join"):
-            raise MatrixError(502, "M_UNKNOWN", "make_join template is not the join we asked for")
-        template = dict(template, content=await self._with_profile(content, user_id))
+                or not isinstance(content, dict) or content.get("membership") != membership):
+            raise MatrixError(502, "M_UNKNOWN",
+                              f"make_{membership} template is not the {membership} we asked for")
+        return (get_room_version(version),
+                dict(template, content=await self._with_profile(content, user_id)))
+
+    async def _join_via(self, server: str, room_id: str, user_id: str) -> str:
+        made = await self._request(server, "GET", f"/_matrix/federation/v1/make_join/{q(room_id)}/{q(user_id)}",
+                                   query=[("ver", v) for v in KNOWN_ROOM_VERSIONS])
+        rv, template = await self._checked_template(made, room_id, user_id, "join")
         try:
             join = sign_template(template, rv=rv, server_name=self.server_name, key=self.key)
             event_id = join.pop("event_id")
@@ -182,7 +190,7 @@ class MembershipHandler:
             raise MatrixError(502, "M_UNKNOWN", f"make_join template invalid: {exc}")
         resp = await self._request(server, "PUT", f"/_matrix/federation/v2/send_join/{q(room_id)}/{q(event_id)}",
                                    body=join)
-        await self._store_join(room_id, version, rv, join, event_id, resp)
+        await self._store_join(room_id, rv.identifier, rv, join, event_id, resp)
         return event_id
 
     async def _checked(self, events, rv) -> dict[str, dict]:
@@ -273,16 +281,7 @@ class MembershipHandler:
         without state) so subscriptions see it, its unsigned.knock_room_state the answer's."""
         made = await self._request(server, "GET", f"/_matrix/federation/v1/make_knock/{q(room_id)}/{q(user_id)}",
                                    query=[("ver", v) for v, rv in KNOWN_ROOM_VERSIONS.items() if rv.knock])
-        version, template = made.get("room_version"), made.get("event")
-        if version not in KNOWN_ROOM_VERSIONS or not isinstance(template, dict):
-            raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", f"unsupported room version {version!r}")
-        rv = get_room_version(version)
-        content = template.get("content")
-        if (template.get("type") != "m.room.member" or template.get("room_id") != room_id
-                or template.get("sender") != user_id or template.get("state_key") != user_id
-                or not isinstance(content, dict) or content.get("membership") != "knock"):
-            raise MatrixError(502, "M_UNKNOWN", "make_knock template is not the knock we asked for")
-        template = dict(template, content=await self._with_profile(content, user_id))
+        rv, template = await self._checked_template(made, room_id, user_id, "knock")
         if reason is not None:
             template["content"]["reason"] = reason
         try:
@@ -298,7 +297,7 @@ class MembershipHandler:
                                     if isinstance(state, list) else []})
         await self.storage.persist({"events": [{"event_id": event_id, "room_id": room_id,
                                                 "event": stored, "outlier": False}],
-                                    "rooms": [{"room_id": room_id, "room_version": version}]})
+                                    "rooms": [{"room_id": room_id, "room_version": rv.identifier}]})
         return event_id
 
     async def _via_candidates(self, room_id: str, servers: list[str], what: str, attempt) -> str:
