@@ -271,6 +271,17 @@ class SyncWatcher(Arrivals):
 
 # --------------------------------------------------------------------------- callbacks
 
+async def serve_post(port: int, path: str, handler) -> web.AppRunner:
+    """An aiohttp POST endpoint on 127.0.0.1:`port` in this process (callback receivers);
+    stop it with `runner.cleanup()`."""
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post(path, handler)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
 class CallbackReceiver(Arrivals):
     """The URL fedstack subscriptions POST to; records the first arrival of each body."""
 
@@ -282,11 +293,7 @@ class CallbackReceiver(Arrivals):
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> "CallbackReceiver":
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_post("/callback", self._callback)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        self._runner = await serve_post(self.port, "/callback", self._callback)
         return self
 
     async def stop(self) -> None:

@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 
 from bench.common import CpuMeter, log, percentile
-from bench.stacks import q
+from bench.stacks import q, serve_post
 from fedstack.cli import free_port
 
 IN_FLIGHT = 16
@@ -66,11 +66,7 @@ class EduReceiver(_Seen):
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> "EduReceiver":
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_post("/edus", self._callback)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        self._runner = await serve_post(self.port, "/edus", self._callback)
         return self
 
     async def stop(self) -> None:

@@ -32,6 +32,15 @@ def load_old_verify_keys(data_dir) -> dict:
     return json.loads(p.read_text()) if p.exists() else {}
 
 
+def hint_params(key_ids=(), minimum_valid_until_ts: int = 0) -> list[tuple[str, object]] | None:
+    """The query parameters of a server-keys request carrying the refetch hints (both
+    internal clients send them the same way)."""
+    params: list[tuple[str, object]] = [("key_id", k) for k in key_ids]
+    if minimum_valid_until_ts:
+        params.append(("minimum_valid_until_ts", int(minimum_valid_until_ts)))
+    return params or None
+
+
 def lacks(keys: dict, key_ids=(), minimum_valid_until_ts: int = 0) -> bool:
     """Whether a valid entry fails the hints: a key ID it does not know, or too short a validity."""
     known = keys["verify_keys"].keys() | keys.get("old_verify_keys", {}).keys()

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from shared.contracts.devices import DevicesClient
 from shared.contracts.directory import DirectoryClient
+from shared.server_keys import hint_params
 
 PREFIX = "/_internal/transaction/v1"
 INBOUND = PREFIX + "/inbound/{origin}/{txn_id}"
@@ -163,11 +164,8 @@ class TransactionClient(DevicesClient, DirectoryClient):
         """Verified keys of `server_name`. Hints: key IDs it must know and the validity it
         must have; when the cached keys fail them they are fetched again, at most once per
         REFETCH_INTERVAL_S per server (shared/server_keys.py)."""
-        params = [("key_id", k) for k in key_ids]
-        if minimum_valid_until_ts:
-            params.append(("minimum_valid_until_ts", int(minimum_valid_until_ts)))
         return await self.call("GET", SERVER_KEYS.format(server_name=quote(server_name, safe="")),
-                               params=params or None)
+                               params=hint_params(key_ids, minimum_valid_until_ts))
 
     async def destination_up(self, destination: str) -> None:
         await self.call("POST", DESTINATION_UP.format(destination=quote(destination, safe="")), {})

@@ -6,6 +6,7 @@ from urllib.parse import quote
 from pydantic import BaseModel
 
 from shared.internal import InternalClient
+from shared.server_keys import hint_params
 
 PREFIX = "/_internal/transport/v1"
 REQUEST = PREFIX + "/request"
@@ -48,8 +49,5 @@ class TransportClient(InternalClient):
         """Verified keys of `server_name`. Hints: key IDs it must know and the validity it
         must have; when the cached keys fail them they are fetched again, at most once per
         REFETCH_INTERVAL_S per server (shared/server_keys.py)."""
-        params = [("key_id", k) for k in key_ids]
-        if minimum_valid_until_ts:
-            params.append(("minimum_valid_until_ts", int(minimum_valid_until_ts)))
         return await self.call("GET", KEYS.format(server_name=quote(server_name, safe="")),
-                               params=params or None)
+                               params=hint_params(key_ids, minimum_valid_until_ts))
