@@ -9,6 +9,8 @@ Invariants:
   `visibility: public` the room is published in our public room list.
 - Joining by alias joins the room it names, through the servers the alias lists after
   any the caller gave.
+- Visibility (`PUT` and `GET`) of a room we do not know is 404 M_NOT_FOUND, as in the
+  client-server API (never "private" for a room that does not exist).
 - `GET /v1/public_rooms`: ours (no `server`, or our name) from the pdu service, a remote
   server's through its `publicRooms` (POST when a search term is given), answer passed on.
 """
@@ -107,18 +109,24 @@ async def get_alias(room_alias: str, request: Request):
                                              room_alias))
 
 
+async def _known_room(s, room_id: str) -> None:
+    if await s.pdu.room_servers(room_id) is None:
+        raise MatrixError(404, "M_NOT_FOUND", "unknown room")
+
+
 @router.put(c.VISIBILITY)
 async def put_visibility(room_id: str, body: d.Visibility, request: Request):
     s = _svc(request)
-    if await s.pdu.room_servers(room_id) is None:
-        raise MatrixError(404, "M_NOT_FOUND", "unknown room")
+    await _known_room(s, room_id)
     await s.tx.put_visibility(room_id, body.visibility)
     return json_response({})
 
 
 @router.get(c.VISIBILITY, response_model=d.Visibility)
 async def get_visibility(room_id: str, request: Request):
-    return json_response({"visibility": await _svc(request).tx.get_visibility(room_id)})
+    s = _svc(request)
+    await _known_room(s, room_id)
+    return json_response({"visibility": await s.tx.get_visibility(room_id)})
 
 
 @router.get(c.PUBLIC_ROOMS, response_model=pdu_c.PublicRoomsResponse)
