@@ -12,7 +12,9 @@ Invariants:
 - Visibility (`PUT` and `GET`) of a room we do not know is 404 M_NOT_FOUND, as in the
   client-server API (never "private" for a room that does not exist).
 - `GET /v1/public_rooms`: ours (no `server`, or our name) from the pdu service, a remote
-  server's through its `publicRooms` (POST when a search term is given), answer passed on.
+  server's through its `publicRooms` (POST when a search term is given), answer passed on
+  reduced to PublicRoomsResponse: object entries only, string batch tokens, and a
+  `total_room_count_estimate` that is a non-negative integer (else the entries' count).
 """
 from __future__ import annotations
 
@@ -152,7 +154,9 @@ async def list_public_rooms(request: Request, server: str | None = None,
     body = resp.get("body")
     if resp.get("status") != 200 or not isinstance(body, dict) or not isinstance(body.get("chunk"), list):
         raise MatrixError(502, "M_UNKNOWN", f"publicRooms at {server} failed: {resp.get('status')}")
-    return json_response({"chunk": [r for r in body["chunk"] if isinstance(r, dict)],
-                          "total_room_count_estimate": body.get("total_room_count_estimate")
-                          if isinstance(body.get("total_room_count_estimate"), int) else len(body["chunk"]),
+    chunk = [r for r in body["chunk"] if isinstance(r, dict)]
+    estimate = body.get("total_room_count_estimate")
+    if type(estimate) is not int or estimate < 0:   # a bool or a negative is no count
+        estimate = len(chunk)
+    return json_response({"chunk": chunk, "total_room_count_estimate": estimate,
                           **{k: body[k] for k in ("next_batch", "prev_batch") if isinstance(body.get(k), str)}})
