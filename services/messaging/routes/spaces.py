@@ -3,7 +3,8 @@
 A room we hold is answered from our state (the pdu service, as our own view: every child
 we hold is listed); any other is asked of the servers in `via` (then the room ID's
 server), in turn, through `/_matrix/federation/v1/hierarchy`: the first 200 answer with a
-`room` object is passed on; a 404 from all of them is 404 M_NOT_FOUND, else 502.
+`room` object is passed on (its `children` objects and `inaccessible_children` strings
+only; a field that is no list is empty); a 404 from all of them is 404 M_NOT_FOUND, else 502.
 """
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ from shared.events import is_valid_server_name, server_of
 
 router = APIRouter(tags=["spaces"])
 FED = "/_matrix/federation/v1"
+
+
+def _items(value, kind) -> list:
+    """The entries of type `kind` of a remote's list; anything but a list is no entries."""
+    return [x for x in value if isinstance(x, kind)] if isinstance(value, list) else []
 
 
 @router.get(c.HIERARCHY)
@@ -39,9 +45,8 @@ async def hierarchy(room_id: str, request: Request, suggested_only: bool = False
         got = resp.get("body")
         if resp.get("status") == 200 and isinstance(got, dict) and isinstance(got.get("room"), dict):
             return json_response({"room": got["room"],
-                                  "children": [x for x in got.get("children") or [] if isinstance(x, dict)],
-                                  "inaccessible_children": [x for x in got.get("inaccessible_children") or []
-                                                            if isinstance(x, str)]})
+                                  "children": _items(got.get("children"), dict),
+                                  "inaccessible_children": _items(got.get("inaccessible_children"), str)})
         errors.append(resp.get("status"))
     if errors and any(e != 404 for e in errors):
         raise MatrixError(502, "M_UNKNOWN", f"hierarchy failed at every server: {errors}")
