@@ -2,10 +2,13 @@
 listener on <name>:443 with a full-chain certificate of the test CA, delegating its name
 with `delegate_to`; our own resolver finds it through that .well-known with TLS verified.
 Also: the plain-HTTP public listener, the certificate reloaded on SIGHUP with the process
-and its open connections kept, and `fedstack check-federation` printing each step."""
+and its open connections kept, and `fedstack check-federation` printing each step, up to a
+request signed as a second reachable homeserver (`origin`), whose keys the served one
+fetches through the test DNS server to verify that signature."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import signal
@@ -13,6 +16,7 @@ import socket
 import ssl
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -34,6 +38,11 @@ class Served:
         return self.hs.procs["transport"]
 
 
+class Origin:
+    def __init__(self, name, ip, hs, srv_target, port):
+        self.name, self.ip, self.hs, self.srv_target, self.port = name, ip, hs, srv_target, port
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, dns_server, test_ca, loopback_net):
     name, ip = loopback_net.name("fed"), loopback_net.ip()
@@ -44,21 +53,50 @@ def served(tmp_path_factory, dns_server, test_ca, loopback_net):
     shutil.copy(cert, cert_path)
     shutil.copy(key, key_path)
     http_port = free_port(ip)
+    # resolver, CA and allowlist: it must reach `origin` to fetch the keys of a request
+    # signed as that server; pdu and transaction answer what such a request asks for.
     hs = Homeserver.configure(name, str(d / "data"), 443, free_port(), bind_host=ip,
                               delegate_to=f"{name}:443", public_http_port=http_port,
-                              tls_cert_path=str(cert_path), tls_key_path=str(key_path))
-    hs.start_service("transport")
+                              tls_cert_path=str(cert_path), tls_key_path=str(key_path),
+                              resolver=dns_server.address, ca_file=test_ca.bundle,
+                              ip_range_allowlist=loopback_net.allowlist)
+    # configure() points the services at each other on 127.0.0.1; they listen on `ip`
+    hs.settings = dataclasses.replace(hs.settings, **{
+        f"{s}_url": f"http://{ip}:{hs.ports[s]}" for s in ("transaction", "pdu", "transport")})
     try:
-        _wait_http(f"http://{ip}:{hs.ports['transport']}/health", hs)
+        for instance in ("transaction", "pdu", "transport"):
+            hs.start_service(instance)
+            _wait_http(f"http://{ip}:{hs.ports[instance]}/health", hs, instance)
         yield Served(name, ip, hs, cert_path, key_path, http_port)
     finally:
         hs.stop()
 
 
-def _wait_http(url, hs, timeout=30.0):
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory, dns_server, test_ca, loopback_net):
+    """A second homeserver, the server `check-federation --server-name` signs as: no
+    .well-known, its federation found by `_matrix-fed._tcp` SRV at another name and port,
+    its certificate (test CA) for its server name, not the SRV target."""
+    name, ip = loopback_net.name("origin"), loopback_net.ip()
+    target, port = loopback_net.name("origin-srv"), free_port(ip)
+    dns_server.add(target, "A", ip)
+    dns_server.add("_matrix-fed._tcp." + name, "SRV", f"10 5 {port} {target}.")
+    d = tmp_path_factory.mktemp("origin")
+    cert, key = test_ca.issue(name)
+    hs = Homeserver.configure(name, str(d / "data"), port, free_port(), bind_host=ip,
+                              tls_cert_path=cert, tls_key_path=key)
+    hs.start_service("transport")
+    try:
+        _wait_http(f"http://{ip}:{hs.ports['transport']}/health", hs)
+        yield Origin(name, ip, hs, target, port)
+    finally:
+        hs.stop()
+
+
+def _wait_http(url, hs, instance="transport", timeout=30.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert hs.procs["transport"].poll() is None, "transport exited"
+        assert hs.procs[instance].poll() is None, f"{instance} exited"
         try:
             if httpx.get(url, timeout=1).status_code == 200:
                 return
@@ -156,9 +194,40 @@ async def test_check_federation_prints_each_step(served, dns_server, test_ca):
                      f"Host header: {served.name}:443",
                      f"target {served.name}:443: addresses {served.ip}",
                      f"{served.ip}:443: TLS verified for {served.name}",
-                     f"names: {served.name}", "issuer: CN=fedstack test intermediate CA",
+                     f"subject: CN={served.name}; names: {served.name}",
+                     "issuer: CN=fedstack test intermediate CA", _validity(served.cert_path),
                      "key server: OK", "RESULT: OK"):
         assert expected in out, out
+
+
+def _validity(cert_path) -> str:
+    from cryptography import x509
+    cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    return (f"valid from {cert.not_valid_before_utc:%Y-%m-%d %H:%M} "
+            f"until {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+
+
+async def test_check_federation_follows_srv_and_checks_the_certificate_for_the_name(
+        origin, dns_server, test_ca):
+    code, out = await _check_federation(origin.name, "--resolver", dns_server.address,
+                                        "--ca-file", test_ca.bundle,
+                                        "--allow-private-destinations")
+    assert code == 0, out
+    for expected in (f"SRV _matrix-fed._tcp.{origin.name}: {origin.srv_target}:{origin.port} "
+                     "(priority 10, weight 5)",
+                     f"Host header: {origin.name}; certificate must be valid for: {origin.name}",
+                     f"target {origin.srv_target}:{origin.port}: addresses {origin.ip}",
+                     f"{origin.ip}:{origin.port}: TLS verified for {origin.name}",
+                     "key server: OK", "RESULT: OK"):
+        assert expected in out, out
+
+
+async def test_check_federation_reports_a_private_address_refused(served, dns_server, test_ca):
+    code, out = await _check_federation(served.name, "--resolver", dns_server.address,
+                                        "--ca-file", test_ca.bundle)
+    assert code == 1, out
+    assert f"{served.ip}: a private address, refused" in out and "TLS verified" not in out, out
+    assert "key server: FAILED" in out and "RESULT: FAILED" in out, out
 
 
 async def test_check_federation_reports_a_wrong_certificate_and_a_refused_signature(
@@ -184,3 +253,31 @@ async def test_check_federation_reports_a_wrong_certificate_and_a_refused_signat
                                         "--allow-private-destinations", "--data-dir", str(ours),
                                         "--server-name", "nobody.fedstack.test")
     assert code == 1 and "signed request from nobody.fedstack.test: REFUSED (401" in out, out
+
+
+async def test_check_federation_a_request_signed_by_a_reachable_server_is_accepted(
+        served, origin, dns_server, test_ca):
+    common = (served.name, "--resolver", dns_server.address, "--ca-file", test_ca.bundle,
+              "--allow-private-destinations")
+    code, out = await _check_federation(*common, "--data-dir", origin.hs.settings.data_dir,
+                                        "--server-name", origin.name)
+    # served verified our X-Matrix signature with the key it fetched from origin, then its
+    # pdu service looked for the event
+    assert code == 0, out
+    assert (f"signed request from {origin.name}: accepted (answered 404 M_NOT_FOUND"
+            in out), out
+    assert "RESULT: OK" in out, out
+
+    # The same name and key ID with another key: served fetches origin's real key, the
+    # signature does not verify, and check-federation says so.
+    impostor = SigningKey.generate()
+    assert impostor.key_id == SigningKey.load(origin.hs.settings.path("signing_key")).key_id
+    other = Path(origin.hs.settings.data_dir).parent / "impostor"
+    other.mkdir()
+    impostor.save(Settings(server_name=origin.name, data_dir=str(other)).path("signing_key"))
+    code, out = await _check_federation(*common, "--data-dir", str(other),
+                                        "--server-name", origin.name)
+    assert code == 1 and "key server: OK" in out, out
+    assert (f"signed request from {origin.name}: REFUSED (401 M_UNAUTHORIZED invalid signature"
+            in out), out
+    assert "RESULT: FAILED" in out, out
