@@ -3,7 +3,8 @@
 Invariants:
 - Aliases are ours only (400 otherwise, from the transaction service); an alias naming
   another room is 409 (`PUT`), an unknown one 404. A remote alias is resolved by its
-  server's `/query/directory` (404 passed on, other failures 502).
+  server's `/query/directory` (404 passed on, other failures 502); of the servers it
+  lists only server names are kept (none: the alias's server).
 - `POST /v1/rooms` with `room_alias_name` checks the alias is free before the room is
   made (400 M_ROOM_IN_USE), then stores it and sets `m.room.canonical_alias`; with
   `visibility: public` the room is published in our public room list.
@@ -59,7 +60,7 @@ async def resolve_alias(svc, server_name: str, alias: str) -> dict:
             or not body["room_id"].startswith("!")):
         raise MatrixError(502, "M_UNKNOWN", f"alias query to {server} failed: {resp.get('status')}")
     servers = body.get("servers") if isinstance(body.get("servers"), list) else []
-    return {"room_id": body["room_id"], "servers": [s for s in servers if isinstance(s, str)] or [server]}
+    return {"room_id": body["room_id"], "servers": [s for s in servers if is_valid_server_name(s)] or [server]}
 
 
 async def create_room(svc, server_name: str, body) -> dict:

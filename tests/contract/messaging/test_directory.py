@@ -106,7 +106,7 @@ async def test_put_alias_bad_body_is_400(public_client, directory, fake_pdu, bod
 
 async def test_remote_alias_is_asked_of_its_server(public_client, directory, fake_tx):
     fake_tx.federation["remote.test"] = answer(200, {
-        "room_id": "!r:remote.test", "servers": ["remote.test", 5, "b.test"]})
+        "room_id": "!r:remote.test", "servers": ["remote.test", 5, "b.test", "", "bad host", None]})
     resp = await public_client.get(alias_path(REMOTE_ALIAS))
     assert resp.status_code == 200, resp.text
     assert resp.json() == {"room_id": "!r:remote.test", "servers": ["remote.test", "b.test"]}
@@ -116,8 +116,11 @@ async def test_remote_alias_is_asked_of_its_server(public_client, directory, fak
     assert directory.calls == []                      # not asked of our own aliases
 
 
-async def test_remote_alias_without_servers_is_joined_through_its_server(public_client, directory, fake_tx):
-    fake_tx.federation["remote.test"] = answer(200, {"room_id": "!r:remote.test"})
+@pytest.mark.parametrize("servers", [None, [], "remote.test", ["not a name"]])
+async def test_remote_alias_without_servers_is_joined_through_its_server(public_client, directory, fake_tx,
+                                                                         servers):
+    body = {"room_id": "!r:remote.test"} | ({} if servers is None else {"servers": servers})
+    fake_tx.federation["remote.test"] = answer(200, body)
     resp = await public_client.get(alias_path(REMOTE_ALIAS))
     assert resp.json() == {"room_id": "!r:remote.test", "servers": ["remote.test"]}
 
