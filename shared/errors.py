@@ -2,7 +2,8 @@
 
 Invariant: no route of any service answers with a traceback or a non-JSON body. Unknown
 paths are `404 M_UNRECOGNIZED`, wrong methods `405 M_UNRECOGNIZED`, body shape errors
-`400 M_BAD_JSON`, and anything unexpected `500 M_UNKNOWN` (logged, not echoed).
+`400 M_BAD_JSON`, a service of this homeserver that cannot be reached (`LayerUnavailable`)
+`503 M_UNKNOWN`, and anything unexpected `500 M_UNKNOWN` (logged, not echoed).
 """
 from __future__ import annotations
 
@@ -33,6 +34,21 @@ class MatrixError(Exception):
         return {"errcode": self.errcode, "error": self.error, **self.extra}
 
 
+class LayerUnavailable(ConnectionError):
+    """Another service of this homeserver did not answer an internal call: no replica
+    accepted the connection, or the one that did gave no whole answer in time. Raised only
+    by `shared.internal.InternalClient`, the one place internal calls are made.
+
+    Every app answers it `503 M_UNKNOWN` ("try again later"; not 502, which our routes use
+    for another homeserver's bad answer), with no internal address in the body. It stays
+    an OSError (a ConnectionError), so loops that retry on infrastructure failures (the
+    pdu relay, callback delivery) keep treating it as one."""
+
+    def __init__(self, method: str, path: str, cause: BaseException):
+        super().__init__(f"internal {method} {path.split('?')[0]}: "
+                         f"{type(cause).__name__}: {cause}")
+
+
 def _encode(body) -> bytes:
     try:
         return orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
@@ -58,6 +74,12 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status == 429 and "retry_after_ms" in exc.extra:
             headers = {"Retry-After": str(max(1, int(exc.extra["retry_after_ms"]) // 1000))}
         return json_response(exc.body(), exc.status, headers)
+
+    @app.exception_handler(LayerUnavailable)
+    async def _unavailable(req: Request, exc: LayerUnavailable):
+        log.warning("%s %s: %s", req.method, req.url.path, exc)
+        return error_response(503, "M_UNKNOWN", "a service of this homeserver is unavailable; "
+                              "try again later")
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_req: Request, exc: RequestValidationError):

@@ -3,7 +3,9 @@
 Invariants: every route under `/_internal/` answers 403 `M_FORBIDDEN` unless the request
 carries the homeserver's internal secret; `/health` and public routes are unaffected.
 `InternalClient.call` turns a non-2xx answer back into the `MatrixError` the callee raised,
-so errors cross layers unchanged. Request bodies are passed on as received (an integer
+so errors cross layers unchanged; a callee that cannot be reached, or gives no whole answer,
+raises `shared.errors.LayerUnavailable` (every app answers it 503), never a bare
+ConnectionError or OSError (that was a 500). Request bodies are passed on as received (an integer
 beyond 64 bits included: the callee decides about it, the hop never fails on it).
 
 Internal hops between processes use `shared.http1`, a minimal keep-alive HTTP/1.1 client:
@@ -20,7 +22,7 @@ from urllib.parse import urlencode
 import orjson
 
 from shared.canonical import dumps
-from shared.errors import MatrixError
+from shared.errors import LayerUnavailable, MatrixError
 from shared.logs import HEADER as REQUEST_ID_HEADER
 from shared.logs import request_id
 
@@ -87,6 +89,8 @@ class InternalClient:
                                                    headers=headers)
             except httpx.ConnectError as exc:
                 raise ConnectionError(str(exc)) from exc
+            except httpx.TransportError as exc:     # reached, but no whole answer
+                raise OSError(f"{type(exc).__name__}: {exc}") from exc
             return r.status_code, r.content
         if self._pools is None:
             from shared.http1 import Http1Pool
@@ -95,12 +99,7 @@ class InternalClient:
         if params:
             path += "?" + urlencode([(k, str(v)) for k, v in
                                      (params.items() if isinstance(params, dict) else params)])
-        try:
-            return await self._pools[i].request(method, path, content, headers)
-        except ConnectionError:
-            raise
-        except TimeoutError as exc:
-            raise OSError(f"internal request {method} {path} timed out") from exc
+        return await self._pools[i].request(method, path, content, headers)
 
     async def _send(self, method, path, content, params, headers) -> tuple[int, bytes]:
         rid = request_id.get()
@@ -109,13 +108,15 @@ class InternalClient:
         n = len(self.base_urls)
         start = self._next
         self._next = (self._next + 1) % n
+        failure: OSError | None = None
         for i in range(n):
             try:
                 return await self._one((start + i) % n, method, path, content, params, headers)
-            except ConnectionError:   # never reached the replica: the next one may take it
-                if i == n - 1:
-                    raise
-        raise AssertionError("unreachable")
+            except ConnectionError as exc:   # never reached the replica: the next one may take it
+                failure = exc
+            except OSError as exc:   # reached, no whole answer (timeout included): not resent
+                raise LayerUnavailable(method, path, exc) from exc
+        raise LayerUnavailable(method, path, failure) from failure
 
     async def request(self, method: str, path: str, body=None, params=None,
                       headers: dict | None = None) -> tuple[int, object]:
