@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 
 import orjson
 
@@ -131,7 +130,16 @@ def dumps(obj) -> bytes:
 
 # orjson silently turns integers outside the 64-bit range into floats; any integer token
 # of 19+ digits might be one, so such documents take the exact (json module) path.
-_LONG_DIGITS = re.compile(rb"\d{19}")
+# Found by mapping every digit to "D" and everything else to " " and looking for 19 D's:
+# 20x cheaper than the regex \d{19} (sre tries each digit position; a 30 KB /send body of
+# 50 PDUs cost 1 ms, five times its orjson parse).
+_DIGIT_MAP = bytes(0x44 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_DIGITS_19 = b"D" * 19
+
+
+def _has_long_digits(data: bytes) -> bool:
+    """True iff `data` holds a run of 19 or more ASCII digits."""
+    return _DIGITS_19 in data.translate(_DIGIT_MAP)
 
 
 class _NonFinite(Exception):
@@ -204,7 +212,7 @@ def parse_json_body(data: bytes) -> object:
         data = bytes(data)
     elif not isinstance(data, bytes):
         raise BadJSON("M_NOT_JSON", "Content not JSON: body is not bytes")
-    if not _LONG_DIGITS.search(data):
+    if not _has_long_digits(data):
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:

@@ -224,3 +224,18 @@ def test_badjson_carries_errcode_and_message():
     exc = BadJSON("M_BAD_JSON", "nope")
     assert isinstance(exc, ValueError)
     assert exc.errcode == "M_BAD_JSON" and str(exc) == "nope"
+
+
+@given(st.binary(max_size=200) | st.text(alphabet="0123456789 x", max_size=60).map(str.encode))
+def test_long_digit_scan_agrees_with_the_regex(data):
+    """The fast digit-run scan that picks the exact parser finds exactly what \\d{19} finds."""
+    import re
+    from shared.canonical import _has_long_digits
+    assert _has_long_digits(data) == bool(re.search(rb"[0-9]{19}", data))
+
+
+@pytest.mark.parametrize("digits", [18, 19, 25])
+def test_integers_near_64_bits_parse_exactly(digits):
+    from shared.canonical import parse_json_body
+    n = int("9" * digits)
+    assert parse_json_body(b'{"a": [%d, -%d]}' % (n, n)) == {"a": [n, -n]}
