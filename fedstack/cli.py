@@ -32,18 +32,19 @@ FACTORIES = {s: f"services.{s}.app:create_app" for s in SERVICES}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on, for a service to bind a moment later. Chosen at random
+    """A port nobody listens on at `host`, for a service to bind a moment later. Chosen at random
     below the kernel's ephemeral range (32768-60999 by default), where port 0 would pick
     it, so that the local port of some outgoing connection cannot take it in between."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for _ in range(200):
         port = random.SystemRandom().randint(20000, 32000)   # not the seedable global one
-        with socket.socket() as s:
+        with socket.socket(family) as s:
             try:
                 s.bind((host, port))
             except OSError:
                 continue
             return port
-    with socket.socket() as s:      # that range is crowded: let the kernel choose
+    with socket.socket(family) as s:      # that range is crowded: let the kernel choose
         s.bind((host, 0))
         return s.getsockname()[1]
 
@@ -179,26 +180,32 @@ class Homeserver:
                   replicas: dict[str, int] | None = None, **extra) -> "Homeserver":
         """Ports and settings for one homeserver. `replicas` runs several processes of a
         stateless service (pdu, transport, messaging): callers reach them round-robin;
-        each transport replica also serves the federation API on a port of its own."""
+        each transport replica also serves the federation API on a port of its own.
+
+        The services reach each other (and `wait_healthy` looks for them) at
+        `settings.local_host`: the bind host (`bind_host`, FEDSTACK_BIND_HOST), or loopback
+        when that is a wildcard; the free ports are chosen on the bind host."""
         replicas = replicas or {}
         if replicas.get("transaction", 1) != 1:
             raise ValueError("the transaction service owns the database: exactly one")
+        settings = Settings.from_env(server_name=server_name,
+                                     data_dir=str(Path(data_dir).resolve()),
+                                     federation_port=port, **extra)
+        bind = settings.bind_host or "0.0.0.0"
         ports = {"messaging": api_port, "federation": port}
         for service in SERVICES:
             for k in range(1, replicas.get(service, 1) + 1):
                 name = service if k == 1 else f"{service}#{k}"
-                ports.setdefault(name, free_port())
+                ports.setdefault(name, free_port(bind))
                 if service == "transport" and k > 1:
-                    ports[f"federation#{k}"] = free_port()
+                    ports[f"federation#{k}"] = free_port(bind)
 
         def urls(service):
-            return ",".join(f"http://127.0.0.1:{p}" for n, p in ports.items()
+            return ",".join(settings.local_url(p) for n, p in ports.items()
                             if n.split("#")[0] == service)
-        settings = Settings.from_env(
-            server_name=server_name, data_dir=str(Path(data_dir).resolve()),
-            transaction_url=urls("transaction"), pdu_url=urls("pdu"),
-            transport_url=urls("transport"), messaging_url=urls("messaging"),
-            federation_port=port, **extra)
+        settings = settings.with_(transaction_url=urls("transaction"), pdu_url=urls("pdu"),
+                                  transport_url=urls("transport"),
+                                  messaging_url=urls("messaging"))
         prepare_data_dir(settings)
         return cls(settings, ports, Path(settings.data_dir) / "logs")
 
@@ -222,7 +229,7 @@ class Homeserver:
         services = self.instances() if services is None else services
         deadline = time.monotonic() + timeout
         for service in services:
-            url = f"http://127.0.0.1:{self.ports[service]}/health"
+            url = self.settings.local_url(self.ports[service]) + "/health"
             while True:
                 proc = self.procs.get(service)
                 if proc is not None and proc.poll() is not None:
@@ -241,7 +248,7 @@ class Homeserver:
         """One look at the process's /health (stdlib client: no wait, no retry)."""
         import urllib.request
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.ports[instance]}/health",
+            with urllib.request.urlopen(self.settings.local_url(self.ports[instance]) + "/health",
                                         timeout=timeout) as resp:
                 return resp.status == 200
         except OSError:
@@ -279,13 +286,13 @@ class Homeserver:
             self.stop_service(instance)
 
     def describe(self) -> str:
-        p = self.ports
+        p, url = self.ports, self.settings.local_url
         return (f"fedstack homeserver {self.settings.server_name} (data in {self.settings.data_dir})\n"
-                f"  transport    https://127.0.0.1:{p['federation']}  (federation API, public)\n"
-                f"               http://127.0.0.1:{p['transport']}  (internal)\n"
-                f"  transaction  http://127.0.0.1:{p['transaction']}  (internal)\n"
-                f"  pdu          http://127.0.0.1:{p['pdu']}  (internal)\n"
-                f"  messaging    http://127.0.0.1:{p['messaging']}  (domain API, docs at /docs)")
+                f"  transport    {url(p['federation'], 'https')}  (federation API, public)\n"
+                f"               {url(p['transport'])}  (internal)\n"
+                f"  transaction  {url(p['transaction'])}  (internal)\n"
+                f"  pdu          {url(p['pdu'])}  (internal)\n"
+                f"  messaging    {url(p['messaging'])}  (domain API, docs at /docs)")
 
 
 def _discovery_options(parser) -> None:

@@ -96,6 +96,19 @@ class Settings:
             out["FEDSTACK_" + f.name.upper()] = str(v).lower() if isinstance(v, bool) else str(v)
         return out
 
+    @property
+    def local_host(self) -> str:
+        """Where this homeserver's own processes reach one another's listeners: `bind_host`
+        itself, or loopback when that is a wildcard ("0.0.0.0" or "": 127.0.0.1, "::": ::1).
+        A service bound to one address (10.0.0.5, 127.0.8.1) is not listening on 127.0.0.1."""
+        host = self.bind_host
+        return "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+
+    def local_url(self, port: int, scheme: str = "http") -> str:
+        """`scheme://local_host:port`, an IPv6 address in brackets."""
+        host = self.local_host
+        return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
     def with_(self, **changes) -> "Settings":
         return replace(self, **changes)
 

@@ -103,8 +103,7 @@ class TransportService:
         """Once our public listener accepts connections, have the transaction service send
         each known peer a signed request: a peer that backed off from us while we were
         down (Synapse: 10 minutes and more) then resumes at once. Best effort."""
-        host = self.settings.bind_host
-        host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+        host = self.settings.local_host
         for _ in range(100):
             try:
                 _r, w = await asyncio.open_connection(host, self.settings.federation_port)

@@ -8,7 +8,6 @@ fetches through the test DNS server to verify that signature."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import shutil
 import signal
@@ -60,13 +59,14 @@ def served(tmp_path_factory, dns_server, test_ca, loopback_net):
                               tls_cert_path=str(cert_path), tls_key_path=str(key_path),
                               resolver=dns_server.address, ca_file=test_ca.bundle,
                               ip_range_allowlist=loopback_net.allowlist)
-    # configure() points the services at each other on 127.0.0.1; they listen on `ip`
-    hs.settings = dataclasses.replace(hs.settings, **{
-        f"{s}_url": f"http://{ip}:{hs.ports[s]}" for s in ("transaction", "pdu", "transport")})
+    # the services reach each other, and wait_healthy finds them, on `ip`: nothing of
+    # this homeserver listens on 127.0.0.1
+    assert all(getattr(hs.settings, f"{s}_url") == f"http://{ip}:{hs.ports[s]}"
+               for s in ("transaction", "pdu", "transport", "messaging"))
     try:
         for instance in ("transaction", "pdu", "transport"):
             hs.start_service(instance)
-            _wait_http(f"http://{ip}:{hs.ports[instance]}/health", hs, instance)
+        hs.wait_healthy(["transaction", "pdu", "transport"])
         yield Served(name, ip, hs, cert_path, key_path, http_port)
     finally:
         hs.stop()
@@ -87,22 +87,25 @@ def origin(tmp_path_factory, dns_server, test_ca, loopback_net):
                               tls_cert_path=cert, tls_key_path=key)
     hs.start_service("transport")
     try:
-        _wait_http(f"http://{ip}:{hs.ports['transport']}/health", hs)
+        hs.wait_healthy(["transport"])
         yield Origin(name, ip, hs, target, port)
     finally:
         hs.stop()
 
 
-def _wait_http(url, hs, instance="transport", timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert hs.procs[instance].poll() is None, f"{instance} exited"
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise AssertionError(f"{url} did not answer")
+def test_a_wildcard_bind_is_reached_on_loopback(tmp_path):
+    """bind_host 0.0.0.0: the services listen everywhere, and reach each other (and are
+    found healthy, and printed) at 127.0.0.1."""
+    hs = Homeserver.configure("wild.fedstack.test", str(tmp_path / "data"), free_port(),
+                              free_port(), bind_host="0.0.0.0")
+    assert hs.settings.pdu_url == f"http://127.0.0.1:{hs.ports['pdu']}"
+    assert f"http://127.0.0.1:{hs.ports['transaction']}  (internal)" in hs.describe()
+    try:
+        hs.start_service("transaction")
+        hs.wait_healthy(["transaction"])
+        assert hs.is_healthy("transaction")
+    finally:
+        hs.stop()
 
 
 def client_for(dns_server, test_ca, loopback_net, tmp_path, **extra) -> FederationClient:
