@@ -62,6 +62,8 @@ async def _resolve_and_connect(client: FederationClient, name: str) -> bool:
     try:
         route = await client.discovery.route(name)
     except (InvalidServerName, DiscoveryFailed) as exc:
+        for step in getattr(exc, "steps", ()):
+            print(f"  {step}")
         print(f"  cannot resolve: {exc}")
         return False
     for step in route.steps or ("IP literal or explicit port: no .well-known, no SRV",):

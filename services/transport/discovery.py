@@ -33,7 +33,11 @@ SRV_SERVICES = ("_matrix-fed._tcp.", "_matrix._tcp.")
 
 
 class DiscoveryFailed(Exception):
-    pass
+    """No route: `steps` are those taken before the failure (check-federation prints them)."""
+
+    def __init__(self, message: str, steps: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.steps = steps
 
 
 @dataclass(frozen=True)
@@ -109,13 +113,14 @@ class Discovery:
             try:
                 records = await self.dns.srv(service + host)
             except LookupFailed as exc:
-                raise DiscoveryFailed(f"SRV look-up failed: {exc}") from exc
+                raise DiscoveryFailed(f"SRV look-up failed: {exc}", steps) from exc
             if not records:
                 steps += (f"SRV {service}{host}: none",)
                 continue
             usable = [r for r in records if r.target not in (".", "")]
             if not usable:
-                raise DiscoveryFailed(f"SRV {service}{host}: service not available (\".\")")
+                raise DiscoveryFailed(f"SRV {service}{host}: service not available (\".\")",
+                                      steps)
             ordered = order_srv(usable)
             steps += (f"SRV {service}{host}: " + ", ".join(
                 f"{r.target}:{r.port} (priority {r.priority}, weight {r.weight})"
