@@ -37,6 +37,14 @@ class InternalSecretMiddleware:
         self.app = app
         self.secret = secret.encode()
 
+    @classmethod
+    def openapi_responses(cls, path: str) -> dict[str, str]:
+        """What the app's OpenAPI document lists for `path` (shared.api_doc)."""
+        if path.startswith(INTERNAL_PREFIX):
+            return {"403": f"The internal secret ({SECRET_HEADER} header) is missing or "
+                           "wrong (M_FORBIDDEN)"}
+        return {}
+
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["path"].startswith(INTERNAL_PREFIX):
             given = b""

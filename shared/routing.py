@@ -25,6 +25,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
+from shared.api_doc import document_matrix_errors
 from shared.canonical import BadJSON, dumps, parse_json_body
 from shared.errors import MatrixError, install_error_handlers
 from shared.internal import InternalSecretMiddleware
@@ -101,10 +102,13 @@ def new_app(title: str, secret: str | None, version: str = "0.1.0", *, metrics=N
     """A FastAPI app with Matrix errors, `/health`, and the internal-secret guard; with
     `metrics` (a `shared.metrics.Metrics`), every request is timed per route template and,
     unless `metrics_route` is False, `GET /metrics` serves them (Prometheus text).
-    FastAPI's own OpenTelemetry instrumentation is off (see _NO_TELEMETRY)."""
+    FastAPI's own OpenTelemetry instrumentation is off (see _NO_TELEMETRY). Its OpenAPI
+    document lists the Matrix errors it really answers, never FastAPI's 422
+    (`shared.api_doc`)."""
     app = FastAPI(title=title, version=version, **{**_NO_TELEMETRY, **kwargs})
     app.router.redirect_slashes = False     # an unknown path is 404, never a redirect
     install_error_handlers(app)
+    document_matrix_errors(app)
 
     @app.get("/health", tags=["health"])
     async def health() -> dict:

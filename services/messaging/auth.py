@@ -69,6 +69,14 @@ class ApiTokenMiddleware:
         self.app = app
         self.tokens = tokens
 
+    @classmethod
+    def openapi_responses(cls, path: str) -> dict[str, str]:
+        """What the app's OpenAPI document lists for `path` (shared.api_doc)."""
+        if _is_open(path):
+            return {}
+        return {"401": "No API token (M_MISSING_TOKEN) or another one (M_UNKNOWN_TOKEN): "
+                       "send Authorization: Bearer <api token>"}
+
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and not _is_open(scope["path"]):
             given = _bearer(scope["headers"])
