@@ -3,9 +3,13 @@
 Sections:
   1. Replaceable layers -- `--base-url`: run a service's contract tests against any
      implementation at a URL instead of the in-process app.
+  3. Databases -- `--db-engines`: the engines (sqlite, postgresql) that tests asking for
+     `db_engine` / `database_url` / `new_database_url` run on, each as a parameter.
   (others add their own sections below; keep each small.)
 """
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -28,6 +32,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
              "settings (server name, internal secret, TLS verification) are read from "
              "FEDSTACK_* variables as `fedstack serve` reads them; tests that must inject "
              "fakes are skipped.")
+    parser.getgroup("fedstack").addoption(
+        "--db-engines", default=os.environ.get("FEDSTACK_TEST_DB_ENGINES", "sqlite,postgresql"),
+        metavar="LIST", help="database engines the transaction service's tests run on, each "
+        "as a test parameter: sqlite, postgresql or both (default: $FEDSTACK_TEST_DB_ENGINES "
+        "or sqlite,postgresql). postgresql starts one real server for the run (tests/postgres.py).")
 
 
 @pytest.fixture(scope="session")
@@ -77,3 +86,50 @@ def test_ca(tmp_path_factory):
 def loopback_net():
     from tests.fakes.sites import LoopbackNet
     return LoopbackNet()
+
+
+# ---------------------------------------------------------------------------
+# 3. Databases: sqlite files, and one real PostgreSQL server per run
+# ---------------------------------------------------------------------------
+# A test (or fixture) that asks for `db_engine`, `database_url` or `new_database_url` runs
+# once per engine of --db-engines. sqlite: the default database in the data directory
+# (database_url ""); postgresql: a fresh database on the session's server.
+
+ENGINES = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "db_engine" in metafunc.fixturenames:
+        engines = [e.strip() for e in metafunc.config.getoption("--db-engines").split(",") if e.strip()]
+        unknown = set(engines) - set(ENGINES)
+        if unknown:
+            raise pytest.UsageError(f"--db-engines: unknown {sorted(unknown)}; known {ENGINES}")
+        metafunc.parametrize("db_engine", engines, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """The run's PostgreSQL server (started on first use, stopped by PID at the end)."""
+    from tests.postgres import PostgresServer
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def db_engine(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def new_database_url(db_engine, request):
+    """A factory of fresh databases of this engine: each call returns a `database_url`
+    setting ("" for sqlite: the data directory's own file)."""
+    if db_engine == "sqlite":
+        return lambda: ""
+    return request.getfixturevalue("postgres").new_database
+
+
+@pytest.fixture
+def database_url(new_database_url) -> str:
+    return new_database_url()
