@@ -20,6 +20,8 @@ class Settings:
     tls_cert_path: str = ""                      # default: <data_dir>/tls.crt
     tls_key_path: str = ""                       # default: <data_dir>/tls.key
     db_path: str = ""                            # default: <data_dir>/fedstack.db
+    database_url: str = ""                       # transaction service's database; default:
+                                                 # sqlite:///<db_path>; or postgresql+psycopg://...
     internal_secret: str = ""                    # default: read <data_dir>/internal_secret
     api_token: str = ""                          # domain API bearer token; default: <data_dir>/api_token
     transport_url: str = "http://127.0.0.1:8101"   # internal URL of the transport service
@@ -54,6 +56,10 @@ class Settings:
         defaults = {"signing_key": "signing.key", "tls_cert": "tls.crt",
                     "tls_key": "tls.key", "db": "fedstack.db"}
         return Path(explicit) if explicit else Path(self.data_dir) / defaults[name]
+
+    def db_url(self) -> str:
+        """The transaction service's database: `database_url`, else the sqlite file."""
+        return self.database_url or f"sqlite:///{self.path('db')}"
 
     def secret(self) -> str:
         """The internal secret: given directly, or read from the data directory."""

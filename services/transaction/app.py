@@ -26,6 +26,7 @@ from services.transaction.routes import admin as admin_routes
 from shared import gauges
 from shared.metrics import Metrics
 from services.transaction.db import Database
+from services.transaction.sql import read_only
 from services.transaction.device_resync import DeviceResync
 from services.transaction.edu_checks import EduChecker
 from services.transaction.inbound import InboundTransactions
@@ -53,7 +54,7 @@ class TransactionService:
         self.settings = settings
         secret = settings.secret()
         self.metrics = metrics = metrics or Metrics("transaction")
-        self.db = Database(settings.path("db"), metrics)
+        self.db = Database(settings.db_url(), metrics)
         self.transport = transport_client or TransportClient(settings.transport_url, secret)
         self.pdu = pdu_client or PduClient(settings.pdu_url, secret)
         self.relay = Relay(self.db, self.pdu, metrics=metrics)
@@ -115,7 +116,10 @@ class TransactionService:
         deadline = time.monotonic() + timeout_ms / 1000
         while True:
             async with self.new_events:
-                evs, eds = await self.db.run(_save_and_read, save, after, limit, room_id, edus)
+                if save is None:
+                    evs, eds = await self.db.run(_read, after, limit, room_id, edus)
+                else:
+                    evs, eds = await self.db.run(_save_and_read, save, after, limit, room_id, edus)
                 save = None
                 remaining = deadline - time.monotonic()
                 if evs or eds or remaining <= 0:
@@ -132,6 +136,11 @@ class TransactionService:
         if edus:
             page["edus"] = eds
         return page
+
+
+@read_only
+def _read(conn, after: int, limit: int, room_id, edus: bool = False):
+    return _save_and_read(conn, None, after, limit, room_id, edus)
 
 
 def _save_and_read(conn, save, after: int, limit: int, room_id, edus: bool = False):

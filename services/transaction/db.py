@@ -1,119 +1,55 @@
-"""The one database of a homeserver: sqlite, opened only here, used from one thread.
+"""The one database of a homeserver: sqlite (the default, a file in the data directory) or
+PostgreSQL (`database_url` postgresql+psycopg://...), opened only here.
 
-Invariants:
-- Only this module opens the file, and only from the single worker thread of `Database`
-  (all access goes through `Database.run`).
+Invariants (both engines; how each holds it in brackets):
+- Only this module opens the database, and store functions run only on its worker threads
+  (all access goes through `Database.run`). Writes run on one writer thread with one
+  connection. [sqlite: that thread is the only one. PostgreSQL: also a small pool of
+  READERS reader threads, each with its own connection, for functions marked
+  `sql.read_only`; each such call is one REPEATABLE READ READ ONLY transaction, a
+  consistent snapshot.]
 - Each `run(fn, ...)` is atomic: its writes all commit or none do (an exception rolls back
   exactly its own writes), and its future resolves only after the commit that holds them
-  returned, so an acknowledged write is on disk (WAL, synchronous=FULL).
-- Group commit: calls queued while the thread was busy run back to back in one sqlite
-  transaction, each inside its own SAVEPOINT, and share one commit (one fsync). Calls are
-  applied in the order they were queued.
-- A lock file next to the database makes a second transaction service on the same file
-  refuse to start (`DatabaseInUse`).
+  returned, so an acknowledged write is durable [sqlite: WAL, synchronous=FULL;
+  PostgreSQL: its commit, with the server's synchronous_commit].
+- Group commit: write calls queued while the writer was busy run back to back in one
+  transaction, each inside its own SAVEPOINT, and share one commit (one fsync). Writes
+  are applied in the order they were queued. A read sees every write whose call returned
+  before the read was queued (it starts after that commit).
+- Writes are serialised (one writer), so stream positions (sql.next_positions and the
+  events key) are drawn and committed in increasing order: a reader never sees a position
+  while a lower one is still to come.
+- A second transaction service on the same database refuses to start (`DatabaseInUse`)
+  [sqlite: a lock file next to the database; PostgreSQL: a session advisory lock held by
+  a connection of this process for its lifetime].
+- The schema is at the code's revision before any call runs (migrate.ensure_current:
+  a database of an older release is upgraded in place; one newer than the code is
+  refused with `migrate.DatabaseTooNew`).
 
-Why the stdlib `sqlite3` module and not SQLAlchemy: profiles of the transaction service
-under load put 50-57% of the database thread in SQLAlchemy's statement building and
-result handling (building an INSERT alone cost more than executing it), and importing it
-added 11 MB to the process. The queries are few and fixed; they are plain SQL here.
+Why SQLAlchemy only at the edges: it defines the schema (schema.py) that Alembic migrates
+and `fedstack copy-db` copies, and it compiles the portable SQL for PostgreSQL once
+(sql.py); calls execute on the driver's connection. Profiles of the transaction service
+under load put 50-57% of the database thread in SQLAlchemy's statement building and result
+handling when every call went through it (building an INSERT alone cost more than
+executing it); a sqlite database at the current revision is served without importing it.
 """
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
-import os
 import queue
-import sqlite3
 import threading
 import time
 from pathlib import Path
 
+from services.transaction import engines, migrate
+from services.transaction.engines import DatabaseInUse  # noqa: F401  (re-exported)
 from shared.metrics import SIZE_BUCKETS
 
 log = logging.getLogger("fedstack.transaction.db")
 
 MAX_GROUP = 64      # calls sharing one commit at most
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS received_transactions (
-    origin TEXT NOT NULL, txn_id TEXT NOT NULL, response BLOB NOT NULL, ts BIGINT NOT NULL,
-    PRIMARY KEY (origin, txn_id));
-CREATE TABLE IF NOT EXISTS inbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, origin TEXT NOT NULL, room_id TEXT NOT NULL,
-    pdu BLOB NOT NULL, event_id TEXT);
-CREATE TABLE IF NOT EXISTS rooms (
-    room_id TEXT PRIMARY KEY, room_version TEXT NOT NULL,
-    extremities BLOB NOT NULL,               -- JSON list of event ids
-    current_state_group INTEGER);
-CREATE TABLE IF NOT EXISTS events (
-    stream INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused: the live stream's order
-    event_id TEXT NOT NULL UNIQUE, room_id TEXT NOT NULL, json BLOB NOT NULL,
-    outlier INTEGER NOT NULL DEFAULT 0, rejected TEXT,
-    soft_failed INTEGER NOT NULL DEFAULT 0, state_group INTEGER);
-CREATE INDEX IF NOT EXISTS events_room_stream ON events (room_id, stream);
-CREATE TABLE IF NOT EXISTS state_groups (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, room_id TEXT NOT NULL, prev_group INTEGER,
-    chain_len INTEGER NOT NULL,
-    delta BLOB NOT NULL);                    -- JSON [[type, state_key, event_id], ...]
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, destination TEXT NOT NULL, event_id TEXT,
-    edu BLOB,
-    txn_id TEXT);                            -- set once the row is in a transaction being sent
-CREATE INDEX IF NOT EXISTS outbox_dest ON outbox (destination, id);
-CREATE TABLE IF NOT EXISTS destinations (
-    destination TEXT PRIMARY KEY, retry_at FLOAT NOT NULL DEFAULT 0.0,
-    retry_interval FLOAT NOT NULL DEFAULT 0.0, failures INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS pending_redactions (   -- accepted redactions awaiting their target
-    target TEXT NOT NULL, redaction_id TEXT NOT NULL, room_id TEXT NOT NULL,
-    scope TEXT,                              -- NULL: any sender's event; else that server's
-    PRIMARY KEY (target, redaction_id));
-CREATE TABLE IF NOT EXISTS client_txns (
-    sender TEXT NOT NULL, txn_id TEXT NOT NULL, event_id TEXT NOT NULL,
-    PRIMARY KEY (sender, txn_id));
-CREATE TABLE IF NOT EXISTS subscriptions (
-    subscription_id TEXT PRIMARY KEY, url TEXT NOT NULL, room_id TEXT, types TEXT,
-    position INTEGER NOT NULL, lease_owner TEXT, lease_until FLOAT, hs_token TEXT);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS event_request_ids (  -- store_trace: the request that staged an event
-    event_id TEXT PRIMARY KEY, request_id TEXT NOT NULL, ts FLOAT NOT NULL);
-CREATE INDEX IF NOT EXISTS event_request_ids_ts ON event_request_ids (ts);
-CREATE TABLE IF NOT EXISTS edu_stream (
-    stream INTEGER PRIMARY KEY,              -- taken from the events table's sequence
-    origin TEXT NOT NULL, edu_type TEXT NOT NULL, room_id TEXT, content BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS edu_stream_room ON edu_stream (room_id, stream);
-CREATE TABLE IF NOT EXISTS edu_seen (     -- EDUs that must not be delivered twice
-    origin TEXT NOT NULL, edu_type TEXT NOT NULL, dedup TEXT NOT NULL, ts BIGINT NOT NULL,
-    PRIMARY KEY (origin, edu_type, dedup));
-CREATE INDEX IF NOT EXISTS edu_seen_ts ON edu_seen (ts);
-CREATE TABLE IF NOT EXISTS devices (      -- our users' devices, as the homeserver gave them
-    user_id TEXT NOT NULL, device_id TEXT NOT NULL, display_name TEXT, keys BLOB,
-    PRIMARY KEY (user_id, device_id));
-CREATE TABLE IF NOT EXISTS device_streams (  -- per user: stream_id of its last device change
-    user_id TEXT PRIMARY KEY, stream_id INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS cross_signing_keys (
-    user_id TEXT NOT NULL, key_type TEXT NOT NULL, key BLOB NOT NULL,
-    PRIMARY KEY (user_id, key_type));
-CREATE TABLE IF NOT EXISTS one_time_keys (   -- key_id is "algorithm:id"
-    user_id TEXT NOT NULL, device_id TEXT NOT NULL, key_id TEXT NOT NULL, key BLOB NOT NULL,
-    PRIMARY KEY (user_id, device_id, key_id));
-CREATE TABLE IF NOT EXISTS remote_device_lists (  -- other servers' users: known up to stream_id
-    user_id TEXT PRIMARY KEY, stream_id INTEGER NOT NULL, resynced_at FLOAT);
-CREATE TABLE IF NOT EXISTS device_list_resyncs (  -- users whose list must be fetched again
-    user_id TEXT PRIMARY KEY, origin TEXT NOT NULL, next_try FLOAT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS profiles (        -- store_directory: our users' profiles
-    user_id TEXT PRIMARY KEY, displayname TEXT, avatar_url TEXT);
-CREATE TABLE IF NOT EXISTS query_handlers (query_type TEXT PRIMARY KEY, url TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS room_aliases (    -- our aliases; servers: a JSON list
-    alias TEXT PRIMARY KEY, room_id TEXT NOT NULL, servers TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS room_aliases_room ON room_aliases (room_id);
-CREATE TABLE IF NOT EXISTS published_rooms (room_id TEXT PRIMARY KEY);   -- the public room list
-"""
-
-
-class DatabaseInUse(RuntimeError):
-    pass
+READERS = 3         # PostgreSQL: reader connections besides the writer's
 
 
 class _Call:
@@ -125,11 +61,13 @@ class _Call:
 
 
 class Database:
-    """sqlite behind one worker thread. `await db.run(fn, *args)` runs fn(conn, *args)
-    atomically on that thread (see the module invariants) and returns its result."""
+    """`await db.run(fn, *args)` runs fn(conn, *args) atomically on a worker thread (see
+    the module invariants) and returns its result. `target`: a database URL
+    (sqlite:///PATH, postgresql+psycopg://...) or a sqlite file's path."""
 
-    def __init__(self, path: str | Path, metrics=None):
-        self.path = Path(path)
+    def __init__(self, target: str | Path, metrics=None):
+        self.engine = engines.for_target(target)
+        self.url = self.engine.url
         self.metrics = metrics      # the service's Metrics (None: not measured)
         self._timers: dict = {}     # fn -> its latency histogram child
         self._call_seconds = self._group_size = None
@@ -140,38 +78,48 @@ class Database:
             self._group_size = metrics.threadsafe_histogram(
                 "fedstack_db_group_commit_size", "Calls sharing one commit", [],
                 buckets=SIZE_BUCKETS)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(str(self.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
-            raise DatabaseInUse(f"{self.path} is already used by another transaction service")
+        self.engine.acquire()       # DatabaseInUse
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._reads: queue.SimpleQueue | None = None
+        self._threads: list[threading.Thread] = []
         self.commits = 0            # observable: calls / commits shows the grouping
 
     async def start(self) -> None:
-        opened = asyncio.get_running_loop().create_future()
         loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._main, args=(loop, opened), name="db",
-                                        daemon=True)
-        self._thread.start()
+        try:
+            await asyncio.to_thread(migrate.ensure_current, self.url)
+        except BaseException:
+            self.engine.release()
+            raise
+        opened = loop.create_future()
+        writer = threading.Thread(target=self._main, args=(loop, opened), name="db", daemon=True)
+        writer.start()
+        self._threads = [writer]
         await opened
+        if self.engine.readers:
+            self._reads = queue.SimpleQueue()
+            for i in range(min(self.engine.readers, READERS)):
+                ready = loop.create_future()
+                t = threading.Thread(target=self._reader, args=(loop, ready), name=f"db-read-{i}",
+                                     daemon=True)
+                t.start()
+                self._threads.append(t)
+                await ready
 
     async def run(self, fn, *args):
-        if self._thread is None or not self._thread.is_alive():
+        if not self._threads or not self._threads[0].is_alive():
             raise RuntimeError("database is closed")
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
+        q = self._reads if self._reads is not None and getattr(fn, "read_only", False) else self._queue
         if self._call_seconds is None:
-            self._queue.put(_Call(fn, args, loop, fut))
+            q.put(_Call(fn, args, loop, fut))
             return await fut
         timer = self._timers.get(fn)
         if timer is None:
             timer = self._timers[fn] = self._call_seconds.labels(getattr(fn, "__name__", "call"))
         start = time.perf_counter()
-        self._queue.put(_Call(fn, args, loop, fut))
+        q.put(_Call(fn, args, loop, fut))
         try:
             return await fut
         finally:
@@ -179,26 +127,26 @@ class Database:
 
     @property
     def queued(self) -> int:
-        """Calls waiting for the database thread (observable for tests)."""
-        return self._queue.qsize()
+        """Calls waiting for the database threads (observable for tests)."""
+        return self._queue.qsize() + (self._reads.qsize() if self._reads is not None else 0)
 
     async def close(self) -> None:
-        if self._thread is not None:
+        if self._threads:
+            if self._reads is not None:
+                for _ in self._threads[1:]:
+                    self._reads.put(None)
             self._queue.put(None)
-            await asyncio.to_thread(self._thread.join)
-            self._thread = None
-        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-        os.close(self._lock_fd)
+            for t in self._threads:
+                await asyncio.to_thread(t.join)
+            self._threads = []
+            self._reads = None
+        self.engine.release()
 
-    # ------------------------------------------------------------------ database thread
+    # ------------------------------------------------------------------ worker threads
 
     def _main(self, loop, opened) -> None:
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.executescript(SCHEMA)
-            _upgrade(conn)
+            conn = self.engine.connect()
         except BaseException as exc:  # noqa: BLE001 - reported to start()
             loop.call_soon_threadsafe(_settle, opened, None, exc)
             return
@@ -219,16 +167,38 @@ class Database:
                         stop = True
                         break
                     calls.append(nxt)
+                conn = self.engine.usable(conn)
                 self._run_group(conn, calls)
                 if self._group_size is not None:
                     self._group_size.observe(len(calls))
                 for c in calls:
-                    try:
-                        c.loop.call_soon_threadsafe(_settle, c.future, c.result, c.error)
-                    except RuntimeError:    # that event loop is closed: nobody waits
-                        pass
+                    _answer(c)
                 if stop:
                     return
+        finally:
+            conn.close()
+
+    def _reader(self, loop, ready) -> None:
+        try:
+            conn = self.engine.connect()
+        except BaseException as exc:  # noqa: BLE001 - reported to start()
+            loop.call_soon_threadsafe(_settle, ready, None, exc)
+            return
+        loop.call_soon_threadsafe(_settle, ready, None, None)
+        try:
+            while True:
+                c = self._reads.get()
+                if c is None:
+                    return
+                conn = self.engine.usable(conn)
+                try:
+                    self.engine.begin_read(conn)
+                    c.result = c.fn(conn, *c.args)
+                    self.engine.commit(conn)
+                except Exception as exc:  # noqa: BLE001 - handed to the caller
+                    c.result, c.error = None, exc
+                    self.engine.rollback(conn)
+                _answer(c)
         finally:
             conn.close()
 
@@ -238,51 +208,44 @@ class Database:
         if len(calls) == 1:
             self._run_alone(conn, calls[0])
             return
+        engine = self.engine
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            engine.begin(conn)
             for c in calls:
                 conn.execute("SAVEPOINT call")
                 try:
                     c.result = c.fn(conn, *c.args)
                 except Exception as exc:  # noqa: BLE001 - this call's error, its writes undone
                     c.error = exc
-                    conn.execute("ROLLBACK TO call")
-                conn.execute("RELEASE call")
-            conn.execute("COMMIT")
+                    conn.execute("ROLLBACK TO SAVEPOINT call")
+                conn.execute("RELEASE SAVEPOINT call")
+            engine.commit(conn)
             self.commits += 1
-        except sqlite3.Error as exc:  # the group's transaction itself failed
+        except engine.errors as exc:  # the group's transaction itself failed
             log.warning("group commit of %d calls failed (%s); running them one by one",
                         len(calls), exc)
-            _rollback(conn)
+            engine.rollback(conn)
             for c in calls:
                 c.result = c.error = None
+                conn = engine.usable(conn)
                 self._run_alone(conn, c)
 
     def _run_alone(self, conn, c: _Call) -> None:
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            self.engine.begin(conn)
             c.result = c.fn(conn, *c.args)
-            conn.execute("COMMIT")
+            self.engine.commit(conn)
             self.commits += 1
         except Exception as exc:  # noqa: BLE001 - handed to the caller
             c.result, c.error = None, exc
-            _rollback(conn)
+            self.engine.rollback(conn)
 
 
-def _upgrade(conn) -> None:
-    """Columns added since a database file may have been created."""
-    if "event_id" not in {row[1] for row in conn.execute("PRAGMA table_info(inbox)")}:
-        conn.execute("ALTER TABLE inbox ADD COLUMN event_id TEXT")
-    if "hs_token" not in {row[1] for row in conn.execute("PRAGMA table_info(subscriptions)")}:
-        conn.execute("ALTER TABLE subscriptions ADD COLUMN hs_token TEXT")   # NULL: made before tokens
-
-
-def _rollback(conn) -> None:
-    if conn.in_transaction:
-        try:
-            conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
+def _answer(c: _Call) -> None:
+    try:
+        c.loop.call_soon_threadsafe(_settle, c.future, c.result, c.error)
+    except RuntimeError:    # that event loop is closed: nobody waits
+        pass
 
 
 def _settle(fut: asyncio.Future, result, error) -> None:

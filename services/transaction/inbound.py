@@ -25,6 +25,7 @@ from shared.errors import MatrixError
 from shared.metrics import EDU_TYPES, Metrics, bounded
 from shared.events import EventFormatError, compute_event_id, validate_event_format
 from shared.room_versions import KNOWN_ROOM_VERSIONS, DEFAULT_ROOM_VERSION
+from services.transaction.sql import read_only
 
 MAX_PDUS = 50
 MAX_EDUS = 100
@@ -156,6 +157,7 @@ def _room_ids(body) -> list[str]:
                  if isinstance(p, dict) and isinstance(p.get("room_id"), str)})
 
 
+@read_only
 def _lookup(conn, origin: str, txn_id: str, room_ids: list[str]):
     """One database round trip: the stored answer (if any) and the rooms' versions."""
     stored = store_federation.get_txn_response(conn, origin, txn_id)

@@ -16,6 +16,7 @@ Invariants:
 from __future__ import annotations
 
 from services.transaction import store_edus
+from services.transaction.sql import read_only
 
 RESYNC_MIN_INTERVAL_S = 30.0
 RESYNC_MAX_INTERVAL_S = 3600.0
@@ -30,22 +31,26 @@ def note_update(conn, origin: str, content: dict, now: float) -> bool:
                        (user_id,)).fetchone()
     if (row is None and not prev) or (row is not None and all(p <= row[0] for p in prev)):
         conn.execute("INSERT INTO remote_device_lists (user_id, stream_id) VALUES (?, ?) ON CONFLICT"
-                     " (user_id) DO UPDATE SET stream_id = MAX(stream_id, excluded.stream_id)",
+                     " (user_id) DO UPDATE SET stream_id = CASE WHEN excluded.stream_id > remote_device_lists.stream_id"
+                     " THEN excluded.stream_id ELSE remote_device_lists.stream_id END",
                      (user_id, stream_id))
         return False
     last = row[1] if row is not None and row[1] is not None else None
     next_try = now if last is None else max(now, last + RESYNC_MIN_INTERVAL_S)
-    conn.execute("INSERT OR IGNORE INTO device_list_resyncs (user_id, origin, next_try) VALUES (?, ?, ?)",
+    conn.execute("INSERT INTO device_list_resyncs (user_id, origin, next_try) VALUES (?, ?, ?)"
+                 " ON CONFLICT DO NOTHING",
                  (user_id, origin, next_try))
     return True
 
 
+@read_only
 def due_resyncs(conn, now: float, limit: int = 20) -> list[dict]:
     rows = conn.execute("SELECT user_id, origin, attempts FROM device_list_resyncs WHERE next_try <= ?"
                         " ORDER BY next_try LIMIT ?", (now, limit))
     return [{"user_id": u, "origin": o, "attempts": a} for u, o, a in rows]
 
 
+@read_only
 def next_resync_at(conn) -> float | None:
     return conn.execute("SELECT MIN(next_try) FROM device_list_resyncs").fetchone()[0]
 

@@ -23,6 +23,7 @@ import orjson
 from services.transaction.store_federation import enqueue_edus
 from shared.canonical import dumps
 from shared.errors import MatrixError
+from services.transaction.sql import read_only
 
 CROSS_SIGNING = ("master_key", "self_signing_key", "user_signing_key")
 PUBLIC_CROSS_SIGNING = ("master_key", "self_signing_key")    # what other servers get
@@ -30,7 +31,7 @@ PUBLIC_CROSS_SIGNING = ("master_key", "self_signing_key")    # what other server
 
 def _next_stream_id(conn, user_id: str) -> tuple[int, list[int]]:
     value = conn.execute("INSERT INTO counters (name, value) VALUES ('device_stream', 1)"
-                         " ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value"
+                         " ON CONFLICT (name) DO UPDATE SET value = counters.value + 1 RETURNING value"
                          ).fetchone()[0]
     row = conn.execute("SELECT stream_id FROM device_streams WHERE user_id = ?", (user_id,)).fetchone()
     conn.execute("INSERT INTO device_streams (user_id, stream_id) VALUES (?, ?) ON CONFLICT"
@@ -110,8 +111,8 @@ def add_one_time_keys(conn, user_id: str, device_id: str, keys: dict) -> dict:
     for key_id in keys:
         if ":" not in key_id:
             raise MatrixError(400, "M_INVALID_PARAM", f"one-time key id {key_id[:80]!r} is not algorithm:id")
-    conn.executemany("INSERT OR IGNORE INTO one_time_keys (user_id, device_id, key_id, key)"
-                     " VALUES (?, ?, ?, ?)",
+    conn.executemany("INSERT INTO one_time_keys (user_id, device_id, key_id, key)"
+                     " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                      [(user_id, device_id, k, dumps(v)) for k, v in keys.items()])
     counts: dict[str, int] = {}
     for (key_id,) in conn.execute("SELECT key_id FROM one_time_keys WHERE user_id = ? AND device_id = ?",
@@ -133,6 +134,7 @@ def _with_display_name(keys: dict, display_name: str | None) -> dict:
     return dict(keys, unsigned={**(keys.get("unsigned") or {}), "device_display_name": display_name})
 
 
+@read_only
 def user_devices(conn, user_id: str) -> dict:
     """The /user/devices answer: {user_id, stream_id, devices, master_key?, self_signing_key?}."""
     row = conn.execute("SELECT stream_id FROM device_streams WHERE user_id = ?", (user_id,)).fetchone()
@@ -150,6 +152,7 @@ def user_devices(conn, user_id: str) -> dict:
             **_cross_signing(conn, user_id)}
 
 
+@read_only
 def query_keys(conn, device_keys: dict) -> dict:
     """The /user/keys/query answer for these users (all of ours): device keys (all devices
     for an empty list), and their public cross-signing keys."""

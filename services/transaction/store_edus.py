@@ -3,7 +3,7 @@ database thread.
 
 Invariants:
 - EDUs and events share one sequence of stream positions: an EDU's position is drawn from
-  the `events` table's AUTOINCREMENT sequence (sqlite_sequence), so one subscription
+  the `events` table's autoincrement sequence (sql.next_positions), so one subscription
   position covers both, and an event persisted after an EDU has a higher position.
 - An inbound transaction's EDUs are stored in the same commit as its response and its
   PDUs' inbox rows (`stage`, called by `store_federation.stage_transaction`).
@@ -19,28 +19,14 @@ from __future__ import annotations
 
 import orjson
 
+from services.transaction import sql
 from shared.canonical import dumps   # any integer a remote sent, unlike orjson
 
 SEEN_KEEP_MS = 7 * 24 * 3600 * 1000
 
 
-def next_positions(conn, n: int) -> int:
-    """Reserve n stream positions; returns the first (the others follow it)."""
-    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-    top = conn.execute("SELECT COALESCE(MAX(stream), 0) FROM events").fetchone()[0]
-    current = max(row[0] if row else 0, top)
-    if row is None:
-        conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (current + n,))
-    else:
-        conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'events'", (current + n,))
-    return current + 1
-
-
-def max_position(conn) -> int:
-    """The highest position handed out, to an event or an EDU."""
-    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-    top = conn.execute("SELECT COALESCE(MAX(stream), 0) FROM events").fetchone()[0]
-    return max(row[0] if row else 0, top)
+next_positions = sql.next_positions      # engine-specific: see services/transaction/sql.py
+max_position = sql.read_only(sql.max_position)
 
 
 def stage(conn, origin: str, edus: list, ts: int) -> list:
@@ -49,7 +35,7 @@ def stage(conn, origin: str, edus: list, ts: int) -> list:
     fresh = []
     for edu_type, room_id, content, dedup in edus:
         if dedup is not None and not conn.execute(
-                "INSERT OR IGNORE INTO edu_seen (origin, edu_type, dedup, ts) VALUES (?, ?, ?, ?)",
+                "INSERT INTO edu_seen (origin, edu_type, dedup, ts) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (origin, edu_type, dedup, ts)).rowcount:
             continue
         fresh.append((edu_type, room_id, content))
@@ -73,6 +59,7 @@ def prune(conn, now_ms: int) -> None:
     conn.execute("DELETE FROM edu_seen WHERE ts < ?", (now_ms - SEEN_KEEP_MS,))
 
 
+@sql.read_only
 def stream(conn, after: int, limit: int, room_id: str | None) -> list[dict]:
     """EDUs after `after`, oldest first: [{position, edu: {edu_type, origin, content}}].
     With room_id, only the EDUs of that room (typing, receipts)."""

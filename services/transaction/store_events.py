@@ -15,6 +15,7 @@ from shared.canonical import dumps   # any integer a remote sent, unlike orjson
 from shared.errors import MatrixError
 from shared.events import redacted_form, server_of
 from shared.room_versions import get_room_version
+from services.transaction.sql import read_only
 
 MAX_CHAIN = 64
 
@@ -58,8 +59,8 @@ def _new_group(conn, room_id: str, base: int | None, delta: list) -> int:
             delta = [[t, sk, eid] for (t, sk), eid in full.items()]
             base, chain_len = None, 1
     return conn.execute(
-        "INSERT INTO state_groups (room_id, prev_group, chain_len, delta) VALUES (?, ?, ?, ?)",
-        (room_id, base, chain_len, orjson.dumps(delta))).lastrowid
+        "INSERT INTO state_groups (room_id, prev_group, chain_len, delta) VALUES (?, ?, ?, ?)"
+        " RETURNING id", (room_id, base, chain_len, orjson.dumps(delta))).fetchone()[0]
 
 
 def resolve_state_spec(conn, room_id: str, spec: dict | None, groups_by_event: dict) -> int | None:
@@ -139,8 +140,8 @@ def persist(conn, req: dict) -> dict:
 
 def _add_pending_redactions(conn, pending: list[dict]) -> None:
     if pending:
-        conn.executemany("INSERT OR IGNORE INTO pending_redactions (target, redaction_id, room_id, scope)"
-                         " VALUES (?, ?, ?, ?)",
+        conn.executemany("INSERT INTO pending_redactions (target, redaction_id, room_id, scope)"
+                         " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                          [(p["target"], p["redaction_id"], p["room_id"], p.get("scope")) for p in pending])
 
 
@@ -230,6 +231,7 @@ def _record(row) -> dict:
             "state_group": state_group, "stream": stream_pos}
 
 
+@read_only
 def get_events(conn, event_ids: list[str]) -> dict[str, dict]:
     out = {}
     ids = list(dict.fromkeys(event_ids))
@@ -241,6 +243,7 @@ def get_events(conn, event_ids: list[str]) -> dict[str, dict]:
     return out
 
 
+@read_only
 def get_room(conn, room_id: str) -> dict | None:
     row = conn.execute("SELECT room_version, extremities, current_state_group FROM rooms"
                        " WHERE room_id = ?", (room_id,)).fetchone()
@@ -250,10 +253,12 @@ def get_room(conn, room_id: str) -> dict | None:
             "current_state_group": row[2]}
 
 
+@read_only
 def get_state_groups(conn, groups: list[int]) -> dict[int, list]:
     return {g: [[t, sk, e] for (t, sk), e in load_state_group(conn, g).items()] for g in groups}
 
 
+@read_only
 def stream(conn, after: int, limit: int, room_id: str | None) -> list[dict]:
     """Live events after `after`, oldest first: [{position, event (with event_id)}]."""
     live = "stream > ? AND outlier = 0 AND rejected IS NULL AND soft_failed = 0"
@@ -271,16 +276,19 @@ def stream(conn, after: int, limit: int, room_id: str | None) -> list[dict]:
     return out
 
 
+@read_only
 def max_stream(conn) -> int:
     return conn.execute("SELECT COALESCE(MAX(stream), 0) FROM events").fetchone()[0]
 
 
+@read_only
 def get_client_txn(conn, sender: str, txn_id: str) -> str | None:
     row = conn.execute("SELECT event_id FROM client_txns WHERE sender = ? AND txn_id = ?",
                        (sender, txn_id)).fetchone()
     return row[0] if row else None
 
 
+@read_only
 def room_ids(conn) -> list[str]:
     """Every room with a current state."""
     return [r[0] for r in conn.execute("SELECT room_id FROM rooms WHERE current_state_group"

@@ -18,12 +18,14 @@ import orjson
 from services.transaction import store_device_lists, store_edus
 from shared.canonical import dumps   # any integer a remote sent, unlike orjson
 from shared.errors import MatrixError
+from services.transaction.sql import read_only
 
 
 def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
+@read_only
 def get_txn_response(conn, origin: str, txn_id: str) -> bytes | None:
     row = conn.execute("SELECT response FROM received_transactions WHERE origin = ? AND txn_id = ?",
                        (origin, txn_id)).fetchone()
@@ -51,6 +53,7 @@ def stage_transaction(conn, origin: str, txn_id: str, response: bytes, staged: l
     return response
 
 
+@read_only
 def read_inbox(conn, limit: int) -> list[dict]:
     """The oldest staged PDUs, each with the event_id it was staged under and whether an
     event of that id is stored (`known`, as of this read: saves the pdu layer a look-up)."""
@@ -80,6 +83,7 @@ def enqueue_edus(conn, destination_edus: list[tuple[str, dict]]) -> None:
                          [(d, orjson.dumps(e)) for d, e in destination_edus])
 
 
+@read_only
 def pending_destinations(conn) -> list[dict]:
     """Destinations with queued rows, with their backoff state."""
     rows = conn.execute("SELECT o.destination, COALESCE(d.retry_at, 0.0) FROM"
@@ -88,6 +92,7 @@ def pending_destinations(conn) -> list[dict]:
     return [{"destination": name, "retry_at": retry_at} for name, retry_at in rows]
 
 
+@read_only
 def known_destinations(conn) -> list[str]:
     return [r[0] for r in conn.execute("SELECT destination FROM destinations")]
 
@@ -133,7 +138,7 @@ def _next_txn_id(conn) -> str:
         prefix = (uuid.uuid4().int & 0xFFFFFFFF,)
         conn.execute("INSERT INTO counters (name, value) VALUES ('txn_prefix', ?)", prefix)
     value = conn.execute("INSERT INTO counters (name, value) VALUES ('txn', 1) ON CONFLICT (name)"
-                         " DO UPDATE SET value = value + 1 RETURNING value").fetchone()[0]
+                         " DO UPDATE SET value = counters.value + 1 RETURNING value").fetchone()[0]
     return f"{prefix[0]:08x}.{value}"
 
 
@@ -165,6 +170,7 @@ def drop_transaction(conn, row_ids: list[int]) -> None:
         conn.execute(f"DELETE FROM outbox WHERE id IN ({_marks(len(chunk))})", chunk)
 
 
+@read_only
 def get_backoff(conn, destination: str) -> dict:
     row = conn.execute("SELECT retry_at, retry_interval, failures FROM destinations"
                        " WHERE destination = ?", (destination,)).fetchone()
@@ -189,6 +195,7 @@ def mark_up(conn, destination: str) -> bool:
     return True
 
 
+@read_only
 def outbox_count(conn, destination: str | None = None) -> int:
     if destination:
         return conn.execute("SELECT COUNT(*) FROM outbox WHERE destination = ?",
@@ -218,6 +225,7 @@ def add_subscription(conn, url: str, room_id: str | None, types: list | None, po
             "position": position, "hs_token": hs_token}
 
 
+@read_only
 def list_subscriptions(conn) -> list[dict]:
     return [_subscription(r) for r in conn.execute(f"SELECT {_SUB_COLUMNS} FROM subscriptions")]
 
@@ -230,8 +238,9 @@ def delete_subscription(conn, sid: str) -> None:
 def set_subscription_position(conn, sid: str, position: int, owner: str | None = None) -> None:
     """Positions only move forward: a late or repeated write never rewinds delivery. With
     `owner`, only the current lease holder may move it (409 otherwise)."""
-    sql = "UPDATE subscriptions SET position = MAX(position, ?) WHERE subscription_id = ?"
-    args = [position, sid]
+    sql = ("UPDATE subscriptions SET position = CASE WHEN position < ? THEN ? ELSE position END"
+           " WHERE subscription_id = ?")
+    args = [position, position, sid]
     if owner is not None:
         sql += " AND lease_owner = ?"
         args.append(owner)

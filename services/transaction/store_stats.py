@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from services.transaction import store_edus
 from services.transaction import store_federation as sf
+from services.transaction.sql import read_only
 
 
+@read_only
 def destinations(conn) -> list[dict]:
     """[{destination, queued, retry_at, retry_interval, failures}] of every destination
     that has a queue or a backoff row, by name."""
@@ -24,6 +26,7 @@ def destinations(conn) -> list[dict]:
     return out
 
 
+@read_only
 def subscriptions(conn) -> dict:
     """{head, subscriptions: [{subscription_id, url, room_id, types, position, lag}]}: lag
     is how many stream positions (events and EDUs of any room) lie past the position."""

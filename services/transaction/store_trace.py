@@ -9,6 +9,7 @@ than TTL_S are pruned (`prune`), so the table stays a window, not a history.
 from __future__ import annotations
 
 from services.transaction import store_federation as sf
+from services.transaction.sql import read_only
 
 TTL_S = 600.0
 
@@ -18,8 +19,8 @@ def stage(conn, request_id: str | None, origin: str, txn_id: str, response: byte
     """`store_federation.stage_transaction`, and the request id of each staged PDU."""
     out = sf.stage_transaction(conn, origin, txn_id, response, staged, ts, edus)
     if request_id and staged:
-        conn.executemany("INSERT OR IGNORE INTO event_request_ids (event_id, request_id, ts)"
-                         " VALUES (?, ?, ?)", [(eid, request_id, ts / 1000) for _r, _p, eid in staged])
+        conn.executemany("INSERT INTO event_request_ids (event_id, request_id, ts)"
+                         " VALUES (?, ?, ?) ON CONFLICT DO NOTHING", [(eid, request_id, ts / 1000) for _r, _p, eid in staged])
     return out
 
 
@@ -32,6 +33,7 @@ def _ids(conn, event_ids: list[str]) -> dict[str, str]:
     return out
 
 
+@read_only
 def read_inbox(conn, limit: int) -> list[dict]:
     """`store_federation.read_inbox`, each item with the `request_id` that staged it."""
     items = sf.read_inbox(conn, limit)

@@ -1,14 +1,27 @@
 """The transaction service's database: each call atomic, queued calls grouped into one
-commit, one call's failure undoing only its own writes, answers only after the commit."""
+commit, one call's failure undoing only its own writes, answers only after the commit.
+On both engines (`db_engine`): sqlite, and a real PostgreSQL server."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
 
 import pytest
 
 from services.transaction.db import Database, DatabaseInUse
+from services.transaction.engines import for_target
+
+
+@pytest.fixture
+def target(db_engine, tmp_path, new_database_url):
+    """Where the test's database is: a sqlite file, or a fresh PostgreSQL database."""
+    return str(tmp_path / "db.sqlite") if db_engine == "sqlite" else new_database_url()
+
+
+def _fresh_connection(target):
+    """A connection of our own, outside `Database` (what another process would see)."""
+    engine = for_target(target)
+    return engine.connect()
 
 
 def _insert(conn, name, value, fail=False):
@@ -35,8 +48,8 @@ async def _hold(db) -> tuple[threading.Event, asyncio.Future]:
     return release, blocker
 
 
-async def test_queued_calls_share_a_commit_and_failures_undo_only_their_own(tmp_path):
-    db = Database(tmp_path / "db.sqlite")
+async def test_queued_calls_share_a_commit_and_failures_undo_only_their_own(target):
+    db = Database(target)
     await db.start()
     try:
         release, blocker = await _hold(db)
@@ -54,14 +67,14 @@ async def test_queued_calls_share_a_commit_and_failures_undo_only_their_own(tmp_
     finally:
         await db.close()
     # what was acknowledged is on disk: a fresh connection sees exactly it
-    conn = sqlite3.connect(tmp_path / "db.sqlite")
+    conn = _fresh_connection(target)
     assert dict(conn.execute("SELECT name, value FROM counters").fetchall()) == \
         {f"k{i}": i for i in range(9) if i % 3 != 1}
     conn.close()
 
 
-async def test_a_group_whose_commit_fails_is_run_call_by_call(tmp_path):
-    db = Database(tmp_path / "db.sqlite")
+async def test_a_group_whose_commit_fails_is_run_call_by_call(target):
+    db = Database(target)
     await db.start()
     try:
         release, blocker = await _hold(db)
@@ -78,18 +91,18 @@ async def test_a_group_whose_commit_fails_is_run_call_by_call(tmp_path):
         await blocker
         results = await asyncio.gather(*calls, return_exceptions=True)
         assert results[0] == 1 and results[2] == 2
-        assert isinstance(results[1], sqlite3.Error)    # alone, it cannot commit either
+        assert isinstance(results[1], db.engine.errors)   # alone, it cannot commit either
         assert await db.run(_all) == {"a": 1, "b": 2}
     finally:
         await db.close()
 
 
-async def test_a_second_database_on_the_same_file_is_refused(tmp_path):
-    db = Database(tmp_path / "db.sqlite")
+async def test_a_second_database_on_the_same_file_is_refused(target):
+    db = Database(target)
     with pytest.raises(DatabaseInUse):
-        Database(tmp_path / "db.sqlite")
+        Database(target)
     await db.start()
     await db.close()
-    again = Database(tmp_path / "db.sqlite")     # released on close
+    again = Database(target)     # released on close
     await again.start()
     await again.close()

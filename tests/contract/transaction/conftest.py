@@ -1,4 +1,5 @@
-"""The transaction service alone, on a temporary sqlite database; its neighbours are fakes.
+"""The transaction service alone, on a fresh database of each engine (`database_url`: sqlite
+in the data directory, and PostgreSQL; see tests/conftest.py); its neighbours are fakes.
 
 - `fake_transport`: a fake transport app behind the real TransportClient. It answers the
   outbound `/request` route for `/send` transactions with the status `respond(...)` picks,
@@ -135,6 +136,12 @@ class FakePdu:
         return [i["pdu"] for i in self.items]
 
 
+@pytest.fixture(autouse=True)
+def _each_engine(db_engine):
+    """Every test here runs on each database engine (`service_app` is looked up by name
+    later, so its `database_url` would not make the test a parameter by itself)."""
+
+
 @pytest.fixture
 def fake_transport(inprocess):
     fake = FakeTransport()
@@ -149,8 +156,9 @@ def fake_pdu(inprocess):
     assert not fake.bad_requests, fake.bad_requests
 
 
-def tx_settings(tmp_path, **overrides):
-    return make_settings(tmp_path, **{"backoff_min_s": 0.02, "backoff_max_s": 0.1, **overrides})
+def tx_settings(tmp_path, database_url: str = "", **overrides):
+    return make_settings(tmp_path, **{"backoff_min_s": 0.02, "backoff_max_s": 0.1,
+                                      "database_url": database_url, **overrides})
 
 
 def build_transaction(settings, fake_transport, fake_pdu):
@@ -164,8 +172,8 @@ def build_transaction(settings, fake_transport, fake_pdu):
 
 
 @pytest.fixture
-def service_app(data_dir, fake_transport, fake_pdu):
-    settings = tx_settings(data_dir)
+def service_app(data_dir, database_url, fake_transport, fake_pdu):
+    settings = tx_settings(data_dir, database_url)
     return build_transaction(settings, fake_transport, fake_pdu), settings
 
 

@@ -147,8 +147,10 @@ async def test_concurrent_other_txn_from_same_origin_is_429(service, service_cli
         first, second, third = (asyncio.ensure_future(service_client.put(
             inbound(origin, unique("t")), json=txn(origin, pdus_for(room, 1)[0])))
             for origin in ("remote.test", "remote.test", "other.test"))
-        # all three are queued on the database thread behind the blocker
-        await wait_until(lambda: db.queued >= 3, what="queued requests")
+        # all three are queued on the database thread behind the blocker (PostgreSQL:
+        # their look-ups ran on reader connections; the two stagings wait for the writer)
+        queued = 2 if db.engine.readers else 3
+        await wait_until(lambda: db.queued >= queued, what="queued requests")
     finally:
         release.set()
     await blocker

@@ -113,12 +113,13 @@ async def test_delivered_edus_are_pruned(service_client, inprocess):
 
 
 async def test_a_database_from_before_the_edu_tables_keeps_working(data_dir, inprocess):
+    """A sqlite file of a release from before the EDU tables (and before migrations)."""
     settings = tx_settings(data_dir)
     app = build_transaction(settings, FakeTransport(), FakePdu())
     async with app.router.lifespan_context(app):
         pass
     db = sqlite3.connect(settings.path("db"))
-    db.executescript("DROP TABLE edu_stream; DROP TABLE edu_seen;")
+    db.executescript("DROP TABLE edu_stream; DROP TABLE edu_seen; DROP TABLE alembic_version;")
     db.close()
     app = build_transaction(settings, FakeTransport(), FakePdu())
     async with app.router.lifespan_context(app), asgi_client(app) as client:

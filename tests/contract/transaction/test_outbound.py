@@ -93,12 +93,12 @@ async def test_poison_transaction_is_dropped_and_the_queue_moves_on(service_clie
     assert poison[0] not in fake_transport.delivered(DEST)
 
 
-async def test_inbound_transaction_from_a_destination_ends_its_backoff(data_dir, inprocess):
+async def test_inbound_transaction_from_a_destination_ends_its_backoff(data_dir, database_url, inprocess):
     """A destination that sends us a transaction is alive: its queue goes out at once."""
     transport, pdu = FakeTransport(), FakePdu()
     transport.respond = lambda dest, txn_id, body: 0 if transport.down else 200
     transport.down = True
-    app = build_transaction(tx_settings(data_dir, backoff_min_s=60, backoff_max_s=60), transport, pdu)
+    app = build_transaction(tx_settings(data_dir, database_url, backoff_min_s=60, backoff_max_s=60), transport, pdu)
     async with app.router.lifespan_context(app), asgi_client(app) as client:
         room = await new_room(client)
         body, ids = queued_events(room, 1)
@@ -111,13 +111,13 @@ async def test_inbound_transaction_from_a_destination_ends_its_backoff(data_dir,
         await wait_until(lambda: transport.delivered(DEST) == ids, timeout=3, what="resend")
 
 
-async def test_429_with_retry_after_is_retried_after_that_delay_not_backed_off(data_dir, inprocess):
+async def test_429_with_retry_after_is_retried_after_that_delay_not_backed_off(data_dir, database_url, inprocess):
     """A destination asking us to slow down (429 + retry_after_ms) gets the same
     transaction again after that delay; that is no failure: no backoff (here 60 s)."""
     transport, pdu = FakeTransport(), FakePdu()
     answers = iter([429, 429])
     transport.respond = lambda dest, txn_id, body: next(answers, 200)
-    app = build_transaction(tx_settings(data_dir, backoff_min_s=60, backoff_max_s=60), transport, pdu)
+    app = build_transaction(tx_settings(data_dir, database_url, backoff_min_s=60, backoff_max_s=60), transport, pdu)
     async with app.router.lifespan_context(app), asgi_client(app) as client:
         room = await new_room(client)
         body, ids = queued_events(room, 3)
@@ -132,8 +132,8 @@ async def test_429_with_retry_after_is_retried_after_that_delay_not_backed_off(d
         assert info["failures"] == 0 and info["retry_at"] == 0.0
 
 
-async def test_backoff_and_queue_survive_a_restart(data_dir, inprocess):
-    settings = tx_settings(data_dir, backoff_min_s=30, backoff_max_s=60)
+async def test_backoff_and_queue_survive_a_restart(data_dir, database_url, inprocess):
+    settings = tx_settings(data_dir, database_url, backoff_min_s=30, backoff_max_s=60)
     failing, pdu = FakeTransport(), FakePdu()
     failing.respond = lambda dest, txn_id, body: 500
     app = build_transaction(settings, failing, pdu)
@@ -159,9 +159,9 @@ async def test_backoff_and_queue_survive_a_restart(data_dir, inprocess):
         assert healthy.sends[0]["txn_id"] == first_txn
 
 
-async def test_queue_survives_a_restart(data_dir, inprocess):
+async def test_queue_survives_a_restart(data_dir, database_url, inprocess):
     """Whatever happens to the backoff, a queued transaction is neither lost nor renamed."""
-    settings = tx_settings(data_dir, backoff_min_s=30, backoff_max_s=60)
+    settings = tx_settings(data_dir, database_url, backoff_min_s=30, backoff_max_s=60)
     failing = FakeTransport()
     failing.respond = lambda dest, txn_id, body: 500
     app = build_transaction(settings, failing, FakePdu())
@@ -179,8 +179,8 @@ async def test_queue_survives_a_restart(data_dir, inprocess):
         await wait_until(lambda: _queued(client, 0), what="queue emptied")
 
 
-async def test_second_service_on_the_same_database_refuses_to_start(data_dir, inprocess):
-    settings = tx_settings(data_dir)
+async def test_second_service_on_the_same_database_refuses_to_start(data_dir, database_url, inprocess):
+    settings = tx_settings(data_dir, database_url)
     first = build_transaction(settings, FakeTransport(), FakePdu())
     async with first.router.lifespan_context(first):
         second = build_transaction(settings, FakeTransport(), FakePdu())
