@@ -8,6 +8,11 @@
 - `fedstack serve SERVICE` runs one service from `FEDSTACK_*` environment settings (compose).
   The transport reloads its TLS certificate on SIGHUP (`up` passes SIGHUP on to it).
 - `fedstack check-federation NAME` resolves NAME as a sender would and prints each step.
+- `fedstack migrate --data-dir DIR [--database-url URL]` brings the transaction service's
+  database to this code's schema revision (`up` does it too before starting anything);
+  a database written by a newer release is refused, exit status 1.
+- `fedstack copy-db --from URL --to URL` copies a stopped homeserver's database to another
+  (sqlite to PostgreSQL, say): see fedstack/copy_db.py.
 """
 from __future__ import annotations
 
@@ -302,6 +307,25 @@ def _discovery_options(parser) -> None:
                         help="extra CA certificates to trust for other servers (PEM)")
 
 
+def _database_option(parser) -> None:
+    parser.add_argument("--database-url", metavar="URL",
+                        help="the transaction service's database (default: $FEDSTACK_DATABASE_URL, "
+                        "else sqlite:///DATA_DIR/fedstack.db; or postgresql+psycopg://USER@HOST/DB)")
+
+
+def migrate_database(settings: Settings) -> int:
+    """`fedstack migrate` (and `up` before starting): 0, or 1 with the reason printed."""
+    from services.transaction import migrate
+    try:
+        done = migrate.ensure_current(settings.db_url())
+    except migrate.DatabaseTooNew as exc:
+        print(f"fedstack: {exc}", file=sys.stderr, flush=True)
+        return 1
+    if done != "current":
+        print(f"database {done} to schema revision {migrate.HEAD}", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fedstack")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -322,6 +346,15 @@ def main(argv=None) -> int:
     up.add_argument("--tls-cert", metavar="PATH",
                     help="certificate chain of the federation listener (full chain; reloaded on SIGHUP)")
     up.add_argument("--tls-key", metavar="PATH", help="its private key")
+    _database_option(up)
+    mig = sub.add_parser("migrate", help="upgrade the transaction service's database to this "
+                         "release's schema (refuses one written by a newer release)")
+    mig.add_argument("--data-dir", required=True)
+    _database_option(mig)
+    cp = sub.add_parser("copy-db", help="copy a stopped homeserver's database to another "
+                        "engine (sqlite:///PATH to postgresql+psycopg://...), then check it")
+    cp.add_argument("--from", dest="source", required=True, metavar="URL")
+    cp.add_argument("--to", dest="dest", required=True, metavar="URL")
     chk = sub.add_parser("check-federation", help="resolve a server name step by step and "
                          "check its TLS, key server and (with --data-dir) our signed requests")
     chk.add_argument("name")
@@ -360,6 +393,12 @@ def main(argv=None) -> int:
     if args.cmd == "rotate-key":
         print(rotate_key(Settings(data_dir=args.data_dir)))
         return 0
+    if args.cmd == "migrate":
+        return migrate_database(Settings.from_env(data_dir=args.data_dir, **(
+            {"database_url": args.database_url} if args.database_url else {})))
+    if args.cmd == "copy-db":
+        from fedstack.copy_db import main as copy_db
+        return copy_db(args.source, args.dest)
     if args.cmd == "init":
         settings = Settings(server_name=args.server_name, data_dir=args.data_dir)
         prepare_data_dir(settings)
@@ -372,10 +411,12 @@ def main(argv=None) -> int:
         extra["verify_tls"] = False
     for opt, field in (("resolver", "resolver"), ("ca_file", "ca_file"), ("delegate_to", "delegate_to"),
                        ("public_http_port", "public_http_port"), ("tls_cert", "tls_cert_path"),
-                       ("tls_key", "tls_key_path")):
+                       ("tls_key", "tls_key_path"), ("database_url", "database_url")):
         if getattr(args, opt) is not None:
             extra[field] = getattr(args, opt)
     hs = Homeserver.configure(args.server_name, args.data_dir, args.port, args.api_port, **extra)
+    if migrate_database(hs.settings):
+        return 1
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     signal.signal(signal.SIGHUP, lambda *_: hs.signal_service("transport", signal.SIGHUP))

@@ -148,3 +148,18 @@ def set_min_position(conn, position: int) -> None:
         conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'events'", (position,))
     else:
         conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (position,))
+
+
+def after_bulk_copy(conn, head: int) -> None:
+    """After rows were copied in with their keys (fedstack copy-db): every autoincrement
+    key continues after the copied ones, and stream positions after `head`, the source's
+    high-water mark (EDU positions may lie beyond the last event's). sqlite advances
+    sqlite_sequence on such inserts by itself; PostgreSQL's sequences must be set."""
+    if conn.dialect == "postgresql":
+        from services.transaction import schema
+        for table in schema.metadata.sorted_tables:
+            for col in table.primary_key.columns:
+                if col.autoincrement is True:
+                    conn.execute(f"SELECT setval(pg_get_serial_sequence('{table.name}', '{col.name}'),"
+                                 f" COALESCE((SELECT MAX({col.name}) FROM {table.name}), 0) + 1, false)")
+    set_min_position(conn, head)
