@@ -18,10 +18,17 @@ Invariants:
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 HEAD = "0001"
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+# Alembic keeps the running migration's context in module globals (alembic.context, op):
+# two upgrades at once in one process (two homeservers started from two threads) would
+# run on each other's connections. One at a time per process.
+_ALEMBIC = threading.Lock()
 
 
 class DatabaseTooNew(RuntimeError):
@@ -55,6 +62,14 @@ def ensure_current(url: str) -> str:
     """Bring the database at `url` to HEAD (see the invariants); returns what was done:
     "current", "created" or "upgraded from REV" (REV "pre-alembic" for an old file)."""
     rev = current_revision(url)
+    if rev == HEAD:
+        return "current"
+    with _ALEMBIC:
+        return _upgrade(url)
+
+
+def _upgrade(url: str) -> str:
+    rev = current_revision(url)     # again: another thread may have done it meanwhile
     if rev == HEAD:
         return "current"
     known = _revisions()
