@@ -15,10 +15,16 @@ from starlette.responses import Response
 from fedstack.cli import Homeserver, free_port
 
 
+def database_for(data_dir: Path) -> str:
+    """The database_url of a homeserver in `data_dir` ("": its own sqlite file). The e2e
+    tests replace it for each database engine (tests/e2e/conftest.py)."""
+    return ""
+
+
 def start_homeserver(data_dir: Path, **extra) -> Homeserver:
     port, api_port = free_port(), free_port()
     settings = dict(allow_private_destinations=True, verify_tls=False, backoff_min_s=0.2,
-                    backoff_max_s=2.0)
+                    backoff_max_s=2.0, database_url=database_for(data_dir))
     settings.update(extra)
     hs = Homeserver.configure(f"127.0.0.1:{port}", str(data_dir), port, api_port, **settings)
     hs.start()

@@ -18,12 +18,13 @@ from tests.processes import CallbackServer, api_headers, api_url, start_homeserv
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
+def servers(tmp_path_factory, database_for):
     old = {k: os.environ.get(k) for k in ("FEDSTACK_LOG_LEVEL", "FEDSTACK_LOG_FORMAT")}
     os.environ.update(FEDSTACK_LOG_LEVEL="info", FEDSTACK_LOG_FORMAT="json")
     try:
-        a = start_homeserver(tmp_path_factory.mktemp("ops-a"))
-        b = start_homeserver(tmp_path_factory.mktemp("ops-b"))
+        a, b = tmp_path_factory.mktemp("ops-a"), tmp_path_factory.mktemp("ops-b")
+        a = start_homeserver(a, database_url=database_for(a))
+        b = start_homeserver(b, database_url=database_for(b))
     finally:
         for k, v in old.items():
             if v is None:

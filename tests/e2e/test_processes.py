@@ -19,9 +19,10 @@ def callbacks():
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    a = start_homeserver(tmp_path_factory.mktemp("hs-a"))
-    b = start_homeserver(tmp_path_factory.mktemp("hs-b"))
+def servers(tmp_path_factory, database_for):
+    a, b = tmp_path_factory.mktemp("hs-a"), tmp_path_factory.mktemp("hs-b")
+    a = start_homeserver(a, database_url=database_for(a))
+    b = start_homeserver(b, database_url=database_for(b))
     yield a, b
     a.stop()
     b.stop()

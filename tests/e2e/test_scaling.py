@@ -25,12 +25,13 @@ def post(hs, path, body=None, base=None):
     return r.json()
 
 
-def test_replicas_under_concurrent_traffic(tmp_path):
+def test_replicas_under_concurrent_traffic(tmp_path, database_for):
     cb = CallbackServer().start()
     port = free_port()
     a = Homeserver.configure(f"127.0.0.1:{port}", str(tmp_path / "a"), port, free_port(),
                              replicas={"pdu": 2, "transport": 2, "messaging": 2}, allow_private_destinations=True,
-                             verify_tls=False, backoff_min_s=0.2, backoff_max_s=2.0)
+                             verify_tls=False, backoff_min_s=0.2, backoff_max_s=2.0,
+                             database_url=database_for(tmp_path / "a"))
     a.start()
     b = start_homeserver(tmp_path / "b")
     try:
