@@ -45,6 +45,13 @@ def parse_args(argv=None):
     p.add_argument("--out", default=None, help="output directory (default .cache/bench/<time>)")
     p.add_argument("--save", action="store_true", help="also write bench/RESULTS.md and bench/results.png")
     p.add_argument("--keep", action="store_true", help="keep the servers' data directories")
+    p.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite",
+                   help="fedstack's transaction-service database: sqlite (default) or PostgreSQL, "
+                   "a fresh database per homeserver on --postgres-url, or else on a throw-away "
+                   "server the bench starts (tests/postgres.py, with fsync on)")
+    p.add_argument("--postgres-url", default=None, metavar="URL",
+                   help="an existing PostgreSQL server to create the databases on, as a database "
+                   "URL to connect to (postgresql+psycopg://USER@HOST:PORT/postgres)")
     args = p.parse_args(argv)
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
@@ -70,10 +77,20 @@ async def amain(args) -> int:
     t_start = time.monotonic()
     load_before = os.getloadavg()
     failed = []
+    pg_server = None
     try:
         ctx.receiver = await CallbackReceiver().start()
-        ctx.a = FedstackServer(work / "fedstack-a", "A")
-        ctx.b = FedstackServer(work / "fedstack-b", "B")
+        new_db = lambda: ""      # noqa: E731  (sqlite: the data directory's file)
+        if args.database == "postgresql":
+            from tests.postgres import PostgresServer, create_database
+            if args.postgres_url:
+                server_url = args.postgres_url
+            else:
+                pg_server = PostgresServer().start(fsync=True)
+                server_url = pg_server.url
+            new_db = lambda: create_database(server_url)    # noqa: E731
+        ctx.a = FedstackServer(work / "fedstack-a", "A", new_db())
+        ctx.b = FedstackServer(work / "fedstack-b", "B", new_db())
         starting = [ctx.a.start(), ctx.b.start()]
         if ctx.synapse:
             ctx.s1 = SynapseServer(work / "synapse-1", "A")
@@ -148,6 +165,8 @@ async def amain(args) -> int:
                     await srv.stop()
                 except Exception:  # noqa: BLE001
                     traceback.print_exc()
+        if pg_server is not None:
+            pg_server.stop()
         if args.keep:
             log(f"data directories kept in {work}")
         else:
@@ -173,7 +192,8 @@ async def amain(args) -> int:
         f"`python -m bench{' --quick' if args.quick else ''}` on {os.cpu_count()} cores, "
         f"{args.repeat} repetition(s), {elapsed / 60:.1f} min; load average before "
         f"{load_before[0]:.1f}, after {os.getloadavg()[0]:.1f}. Synapse {synapse_version or 'not run'} "
-        "(sqlite, presence off). Medians, min–max over repetitions; ↑/↓: higher/lower is better.",
+        f"(sqlite, presence off); fedstack's database: {args.database}. Medians, min–max over "
+        "repetitions; ↑/↓: higher/lower is better.",
         "",
         f"Sizes: inbound {s.inbound:,} PDUs into fedstack, {s.inbound_synapse:,} into Synapse "
         f"(transactions of {runs.TXN_SIZE}, one in flight; Synapse: each transaction awaited until "

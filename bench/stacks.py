@@ -59,8 +59,9 @@ def _session(limit: int = 64) -> aiohttp.ClientSession:
 # --------------------------------------------------------------------------- fedstack
 
 class FedstackServer:
-    def __init__(self, data_dir: Path, label: str):
+    def __init__(self, data_dir: Path, label: str, database_url: str = ""):
         self.data_dir = data_dir
+        self.database_url = database_url
         self.label = label
         self.hs: Homeserver | None = None
         self.session: aiohttp.ClientSession | None = None
@@ -70,7 +71,8 @@ class FedstackServer:
 
         def _start():
             hs = Homeserver.configure(f"127.0.0.1:{port}", str(self.data_dir), port, api_port,
-                                      allow_private_destinations=True, verify_tls=False)
+                                      allow_private_destinations=True, verify_tls=False,
+                                      database_url=self.database_url)
             hs.start()
             return hs
         t0 = time.monotonic()

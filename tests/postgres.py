@@ -61,7 +61,8 @@ class PostgresServer:
         """The server's `postgres` database (for administration)."""
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
 
-    def start(self) -> "PostgresServer":
+    def start(self, fsync: bool = False) -> "PostgresServer":
+        """`fsync`: on for measurements (the bench), off for tests (see the invariants)."""
         from fedstack.cli import free_port
         bin_dir, user = pg_bin(), _user()
         self.dir = Path(tempfile.mkdtemp(prefix="fedstack-pg-", dir="/dev/shm"
@@ -78,7 +79,8 @@ class PostgresServer:
         self.proc = subprocess.Popen(
             [str(bin_dir / "postgres"), "-D", str(data), "-p", str(self.port),
              "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.dir}",
-             "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=300",
+             "-c", f"fsync={'on' if fsync else 'off'}",
+             "-c", f"full_page_writes={'on' if fsync else 'off'}", "-c", "max_connections=300",
              "-c", "shared_buffers=64MB"],
             stdout=log, stderr=subprocess.STDOUT, **as_user)
         log.close()
@@ -104,11 +106,7 @@ class PostgresServer:
 
     def new_database(self) -> str:
         """A fresh, empty database; its SQLAlchemy URL."""
-        import psycopg
-        name = "t_" + uuid.uuid4().hex[:16]
-        with psycopg.connect(self._dsn("postgres"), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
+        return create_database(self.url)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -122,3 +120,15 @@ class PostgresServer:
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
+
+
+def create_database(server_url: str) -> str:
+    """CREATE DATABASE on the server of `server_url` (a database URL to connect to);
+    returns the new database's URL."""
+    import psycopg
+    base, _, _ = server_url.rpartition("/")
+    name = "t_" + uuid.uuid4().hex[:16]
+    with psycopg.connect(base.replace("postgresql+psycopg://", "postgresql://") + "/postgres",
+                         autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{base}/{name}"
