@@ -26,7 +26,7 @@ from services.transaction.routes import admin as admin_routes
 from shared import gauges
 from shared.metrics import Metrics
 from services.transaction.db import Database
-from services.transaction.sql import read_only
+from services.transaction.sql import DataOutOfRange, read_only
 from services.transaction.device_resync import DeviceResync
 from services.transaction.edu_checks import EduChecker
 from services.transaction.inbound import InboundTransactions
@@ -41,7 +41,7 @@ from shared.contracts import transaction as c
 from shared.contracts.pdu import PduClient
 from shared.contracts.transport import FederationRequest, FederationResponse, ServerKeys, TransportClient
 from shared.canonical import CanonicalJSONError, canonical_json
-from shared.errors import MatrixError, json_response
+from shared.errors import MatrixError, error_response, json_response
 from shared.routing import body_doc, new_app, read_json, serve_lean
 from shared.settings import Settings
 
@@ -168,6 +168,12 @@ def create_app(settings: Settings, **clients):
             await svc.stop()
 
     app = new_app("fedstack-transaction", settings.secret(), lifespan=lifespan, metrics=metrics)
+
+    @app.exception_handler(DataOutOfRange)
+    async def _unstorable(_req: Request, exc: DataOutOfRange):
+        """A value the database refuses as data (PostgreSQL: a NUL in text, an integer
+        beyond 64 bits): the caller's bad input, and that call's writes were undone."""
+        return error_response(400, "M_INVALID_PARAM", f"value cannot be stored: {exc}"[:300])
 
     def svc(request: Request) -> TransactionService:
         return request.app.state.svc

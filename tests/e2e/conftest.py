@@ -2,14 +2,41 @@
 the homeservers it starts (tests.processes.start_homeserver, tests.harness.InProcessHomeserver)
 keep their transaction service's database in their data directory (sqlite) or in a fresh
 database on the run's PostgreSQL server. Module-scoped fixtures that start homeservers ask
-for `database_for` themselves (they are set up before the autouse fixture below)."""
+for `database_for` themselves (they are set up before the autouse fixture below). A module
+that starts no homeserver through those two (only a transport, or `fedstack up` in a
+subprocess with its own settings) runs once, on the first engine: a second run would
+test the same thing."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests import harness, processes
+
+
+def _starts_homeservers(module) -> bool:
+    """The module, or one it takes fixtures from, uses the harness or tests.processes."""
+    modules = {module} | {sys.modules.get(getattr(v, "__module__", None) or "") for v in vars(module).values()}
+    return any(m is not None and any(hasattr(m, n) for n in ("InProcessHomeserver", "start_homeserver"))
+               for m in modules)
+
+
+def pytest_collection_modifyitems(config, items):
+    first = config.getoption("--db-engines").split(",")[0].strip()
+    keep, drop = [], []
+    for item in items:
+        spec = getattr(item, "callspec", None)
+        engine = spec.params.get("db_engine") if spec is not None else None
+        e2e = Path(str(item.fspath)).parent == Path(__file__).parent
+        if e2e and engine not in (None, first) and not _starts_homeservers(item.module):
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture(scope="session")
