@@ -102,7 +102,18 @@ class FedstackServer:
         return {s: p.pid for s, p in self.hs.procs.items()}
 
     def cpu_meter(self) -> CpuMeter:
-        return CpuMeter(self.pids.values())
+        """The homeserver's processes, and on PostgreSQL the server backends of its
+        database (the work sqlite does inside the transaction process)."""
+        return CpuMeter(list(self.pids.values()) + self.database_pids())
+
+    def database_pids(self) -> list[int]:
+        if not self.database_url.startswith("postgresql"):
+            return []
+        import psycopg
+        with psycopg.connect(self.database_url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+            return [r[0] for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid()")]
 
     def rss(self) -> dict[str, float]:
         return {s: rss_mb(pid) for s, pid in self.pids.items()}

@@ -6,7 +6,8 @@ services/transaction/sql.py for how that SQL reaches each engine).
 Invariants:
 - Integers are 64-bit on both engines (sqlite's INTEGER; PostgreSQL's BIGINT). An
   autoincrement key is sqlite's `INTEGER PRIMARY KEY AUTOINCREMENT` (never reused, its
-  high-water mark in sqlite_sequence) and a PostgreSQL identity column (its sequence).
+  high-water mark in sqlite_sequence) and a PostgreSQL BIGSERIAL (its sequence, never
+  rewound either).
 - Binary columns (BLOB / BYTEA) hold bytes (JSON as UTF-8); text columns hold str and sort
   byte-wise on both (PostgreSQL: COLLATE "C", as sqlite's BINARY), so ORDER BY and key
   ranges such as `key_id >= 'alg:' AND key_id < 'alg;'` mean the same on both.
