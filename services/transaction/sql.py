@@ -84,13 +84,13 @@ def pg_connection_class():
             except psycopg.DataError as exc:
                 raise DataOutOfRange(str(exc)) from exc
 
-        def executemany(self, query, rows):
+        def executemany(self, query, rows, returning: bool = False):
             sql = self._cache.get(query)
             if sql is None:
                 sql = self._cache[query] = to_psycopg(query)
             cur = self.cursor()
             try:
-                cur.executemany(sql, rows)
+                cur.executemany(sql, rows, returning=returning)
             except psycopg.DataError as exc:
                 raise DataOutOfRange(str(exc)) from exc
             return cur
@@ -100,6 +100,19 @@ def pg_connection_class():
 
 
 _PG: list = []
+
+
+def insert_returning(conn, query: str, rows: list) -> list:
+    """Run an INSERT ... RETURNING once per row, in order; each row's first result row (None
+    where it inserted nothing, ON CONFLICT DO NOTHING). PostgreSQL: one round trip for all
+    (psycopg's pipelined executemany); sqlite: a loop, each step in-process anyway."""
+    if conn.dialect == "postgresql" and len(rows) > 1:
+        cur = conn.executemany(query, rows, returning=True)
+        out = [cur.fetchone()]
+        while cur.nextset():
+            out.append(cur.fetchone())
+        return out
+    return [conn.execute(query, r).fetchone() for r in rows]
 
 
 # ---------------------------------------------------------------- stream positions

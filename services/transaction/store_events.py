@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import orjson
 
+from services.transaction import sql
 from shared.canonical import dumps   # any integer a remote sent, unlike orjson
 from shared.errors import MatrixError
 from shared.events import redacted_form, server_of
@@ -106,22 +107,16 @@ def persist(conn, req: dict) -> dict:
         _check_room(conn, room)
     groups_by_event: dict[str, int] = {}
     new_ids = set()
+    events, listed = [], set()
     for ev in req.get("events", []):
-        if ev["event_id"] in out:   # listed twice in this request: the first copy decides
+        if ev["event_id"] in listed:    # listed twice in this request: the first copy decides
             continue
+        listed.add(ev["event_id"])
         gid = resolve_state_spec(conn, ev["room_id"], ev.get("state_after"), groups_by_event)
         if gid is not None:
             groups_by_event[ev["event_id"]] = gid
-        row = conn.execute(_INSERT_EVENT + " ON CONFLICT (event_id) DO NOTHING RETURNING stream",
-                           _event_row(ev, gid)).fetchone()
-        if row is not None:
-            new_ids.add(ev["event_id"])
-            out[ev["event_id"]] = {"stream": row[0], "new": True, "state_group": gid}
-        else:
-            upgraded = _maybe_upgrade_outlier(conn, ev, gid)
-            out[ev["event_id"]] = {"stream": None, "new": False, "upgraded": upgraded}
-            if upgraded:
-                out[ev["event_id"]]["state_group"] = gid
+        events.append((ev, gid))
+    _store_events(conn, events, out, new_ids)
     for room in req.get("rooms", []):
         _update_room(conn, room, groups_by_event)
     for red in req.get("redactions", []):
@@ -136,6 +131,46 @@ def persist(conn, req: dict) -> dict:
     delete_inbox(conn, req.get("inbox_ids", []))
     touched = {r["room_id"]: get_room(conn, r["room_id"]) for r in req.get("rooms", [])}
     return {"events": out, "client_txn_event_id": None, "rooms": touched}
+
+
+def _store_events(conn, events: list[tuple[dict, int | None]], out: dict, new_ids: set) -> None:
+    """Insert (event, state group) pairs in their order, each run of new events in one
+    statement batch (sql.insert_returning); an event already stored is looked at on its
+    own, at its place in the order (an outlier joining the DAG gets its position there)."""
+    stored = set()
+    ids = [ev["event_id"] for ev, _ in events]
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        stored.update(r[0] for r in conn.execute(
+            f"SELECT event_id FROM events WHERE event_id IN ({','.join('?' * len(chunk))})", chunk))
+    run: list = []
+
+    def flush():
+        rows = sql.insert_returning(conn, _INSERT_EVENT + " ON CONFLICT (event_id) DO NOTHING"
+                                    " RETURNING stream", [_event_row(ev, gid) for ev, gid in run])
+        for (ev, gid), row in zip(run, rows):
+            if row is None:         # stored meanwhile (not by us: one writer); as below
+                _known(conn, ev, gid, out)
+            else:
+                new_ids.add(ev["event_id"])
+                out[ev["event_id"]] = {"stream": row[0], "new": True, "state_group": gid}
+        run.clear()
+    for ev, gid in events:
+        if ev["event_id"] in stored:
+            if run:
+                flush()
+            _known(conn, ev, gid, out)
+        else:
+            run.append((ev, gid))
+    if run:
+        flush()
+
+
+def _known(conn, ev: dict, gid, out: dict) -> None:
+    upgraded = _maybe_upgrade_outlier(conn, ev, gid)
+    out[ev["event_id"]] = {"stream": None, "new": False, "upgraded": upgraded}
+    if upgraded:
+        out[ev["event_id"]]["state_group"] = gid
 
 
 def _add_pending_redactions(conn, pending: list[dict]) -> None:
