@@ -2,6 +2,8 @@
 
 Sections:
   1. Synapse peer  -- one Synapse for the whole session.
+  2. fedstack      -- one fedstack homeserver (sqlite) and the callback receiver.
+  3. Engines       -- `fedstack_on_engine`: that homeserver on each --db-engines engine.
   (others add their own sections below; keep each small.)
 """
 
@@ -41,7 +43,7 @@ def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SynapsePeer]:
 # ---------------------------------------------------------------------------
 
 from tests.interop.fedstack_peer import FedstackPeer  # noqa: E402
-from tests.processes import CallbackServer  # noqa: E402
+from tests.processes import CallbackServer, start_homeserver  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +62,33 @@ def fedstack(tmp_path_factory: pytest.TempPathFactory, synapse: SynapsePeer,
     """One fedstack homeserver (four processes, HTTPS federation on loopback) for the
     whole session, next to the `synapse` peer. Tests that stop it must start it again."""
     peer = FedstackPeer.start(tmp_path_factory.mktemp("fedstack"), callbacks)
+    atexit.register(peer.stop)
+    try:
+        yield peer
+    finally:
+        peer.stop()
+        atexit.unregister(peer.stop)
+
+
+# ---------------------------------------------------------------------------
+# 3. The same fedstack on each database engine
+# ---------------------------------------------------------------------------
+# `fedstack_on_engine`: a parameter over --db-engines. sqlite is the session's `fedstack`
+# above; postgresql is a second homeserver whose transaction service keeps its database on
+# the run's PostgreSQL server, started once for the session. The core interop tests (joins
+# and messages both ways) take it, so they run on both engines without a copy.
+
+@pytest.fixture(scope="session")
+def fedstack_on_engine(db_engine: str, request: pytest.FixtureRequest,
+                       tmp_path_factory: pytest.TempPathFactory,
+                       callbacks: CallbackServer) -> Iterator[FedstackPeer]:
+    if db_engine == "sqlite":
+        yield request.getfixturevalue("fedstack")
+        return
+    url = request.getfixturevalue("postgres").new_database()
+    peer = FedstackPeer(start_homeserver(tmp_path_factory.mktemp("fedstack-pg"),
+                                         database_url=url), callbacks)
+    assert peer.hs.settings.database_url.startswith("postgresql")
     atexit.register(peer.stop)
     try:
         yield peer

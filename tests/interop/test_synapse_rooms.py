@@ -28,9 +28,10 @@ def assert_state_agrees(fedstack: FedstackPeer, synapse: SynapsePeer, token: str
 
 
 @pytest.mark.parametrize("version", ["12", "10", "11"])
-def test_we_join_a_synapse_room(synapse: SynapsePeer, fedstack: FedstackPeer, version: str):
+def test_we_join_a_synapse_room(synapse: SynapsePeer, fedstack_on_engine: FedstackPeer, version: str):
     """Synapse creates a public room; our user joins it; messages flow both ways; the two
     servers agree on the state; our user leaves and Synapse sees it."""
+    fedstack = fedstack_on_engine      # on each database engine (tests/interop/conftest.py)
     t = tag()
     alice, alice_tok = synapse_user(synapse, "ix-alice")
     room = synapse.create_room(alice_tok, room_version=version, name=f"syn-{version}-{t}")
@@ -76,10 +77,11 @@ def test_we_join_by_invite_from_synapse(synapse: SynapsePeer, fedstack: Fedstack
 
 
 @pytest.mark.parametrize("version", ["12", "10"])
-def test_synapse_joins_our_room(synapse: SynapsePeer, fedstack: FedstackPeer, version: str):
+def test_synapse_joins_our_room(synapse: SynapsePeer, fedstack_on_engine: FedstackPeer, version: str):
     """Our user creates a room; a Synapse user joins it by room ID through us; messages
     flow both ways; our invite reaches another Synapse user; state agrees; the Synapse
     user leaves and we see it."""
+    fedstack = fedstack_on_engine      # on each database engine (tests/interop/conftest.py)
     t = tag()
     carol = fedstack.user(f"carol{t}")
     room = fedstack.create_room(carol, version=version, name=f"ours-{version}-{t}")
