@@ -22,6 +22,10 @@ from tests.contract.pdu.conftest import REMOTE
 from tests.contract.pdu.test_public_rooms import new_room, state_event
 from tests.contract.pdu.test_with_fakes import ALICE, q, remote_join, send
 
+# Rooms here are made as the in-process service's own server (hs.test): not against
+# --base-url, whose service has another name.
+pytestmark = pytest.mark.usefixtures("inprocess")
+
 HEADERS = {c.ORIGIN_HEADER: REMOTE}
 
 

@@ -15,6 +15,10 @@ from shared.contracts import pdu as c
 from tests.contract.pdu.conftest import REMOTE
 from tests.contract.pdu.test_with_fakes import ALICE, q, send
 
+# Rooms here are made as the in-process service's own server (hs.test): not against
+# --base-url, whose service has another name.
+pytestmark = pytest.mark.usefixtures("inprocess")
+
 FED_ROOMS = c.FEDERATION + "/v1/publicRooms"
 HEADERS = {c.ORIGIN_HEADER: REMOTE}
 
