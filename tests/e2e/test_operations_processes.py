@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -75,7 +76,15 @@ def test_one_request_id_in_four_log_files_metrics_and_admin(servers):
         "content": {"msgtype": "m.text", "body": "grep me"}})["event_id"]
     cb.wait_for(sid, lambda evs: any(e["event_id"] == eid for e in evs))
 
-    lines = log_lines(b)
+    # messaging logs "delivered" once the callback's answer is back, a moment after the
+    # callback arrived here: read the logs until that line is written (or 15 s)
+    deadline = time.monotonic() + 15
+    while True:
+        lines = log_lines(b)
+        if (any(l["service"] == "messaging" and eid in l["msg"] for l in lines)
+                or time.monotonic() > deadline):
+            break
+        time.sleep(0.1)
     (pdu_line,) = [l for l in lines if l["service"] == "pdu" and eid in l["msg"]]
     rid = pdu_line["request_id"]
     grep = [l for l in lines if l.get("request_id") == rid]   # what `grep rid *.log` finds
