@@ -100,7 +100,14 @@ ENGINES = ("sqlite", "postgresql")
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "db_engine" in metafunc.fixturenames:
-        engines = [e.strip() for e in metafunc.config.getoption("--db-engines").split(",") if e.strip()]
+        if metafunc.config.getoption("--base-url"):
+            # the service under test is another process: its engine is the one it was
+            # started with (FEDSTACK_DATABASE_URL, as `fedstack serve` reads it), once
+            url = Settings.from_env().database_url or ""
+            engines = ["postgresql" if url.startswith("postgresql") else "sqlite"]
+        else:
+            engines = [e.strip() for e in metafunc.config.getoption("--db-engines").split(",")
+                       if e.strip()]
         unknown = set(engines) - set(ENGINES)
         if unknown:
             raise pytest.UsageError(f"--db-engines: unknown {sorted(unknown)}; known {ENGINES}")
