@@ -17,6 +17,17 @@ import pytest
 from tests.interop.synapse_peer import SynapsePeer
 
 
+def _stopped_at_end(peer):
+    """Yield `peer` (a fixture's value), then stop it by its PID; also at interpreter exit,
+    should the session die before the fixture is torn down."""
+    atexit.register(peer.stop)
+    try:
+        yield peer
+    finally:
+        peer.stop()
+        atexit.unregister(peer.stop)
+
+
 # ---------------------------------------------------------------------------
 # 1. Synapse peer
 # ---------------------------------------------------------------------------
@@ -30,12 +41,7 @@ def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SynapsePeer]:
     Its log: `synapse.log_path`; `synapse.grep_log(...)`.
     """
     peer = SynapsePeer.start(tmp_path_factory.mktemp("synapse"))
-    atexit.register(peer.stop)
-    try:
-        yield peer
-    finally:
-        peer.stop()
-        atexit.unregister(peer.stop)
+    yield from _stopped_at_end(peer)
 
 
 # ---------------------------------------------------------------------------
@@ -62,12 +68,7 @@ def fedstack(tmp_path_factory: pytest.TempPathFactory, synapse: SynapsePeer,
     """One fedstack homeserver (four processes, HTTPS federation on loopback) for the
     whole session, next to the `synapse` peer. Tests that stop it must start it again."""
     peer = FedstackPeer.start(tmp_path_factory.mktemp("fedstack"), callbacks)
-    atexit.register(peer.stop)
-    try:
-        yield peer
-    finally:
-        peer.stop()
-        atexit.unregister(peer.stop)
+    yield from _stopped_at_end(peer)
 
 
 # ---------------------------------------------------------------------------
@@ -89,9 +90,4 @@ def fedstack_on_engine(db_engine: str, request: pytest.FixtureRequest,
     peer = FedstackPeer(start_homeserver(tmp_path_factory.mktemp("fedstack-pg"),
                                          database_url=url), callbacks)
     assert peer.hs.settings.database_url.startswith("postgresql")
-    atexit.register(peer.stop)
-    try:
-        yield peer
-    finally:
-        peer.stop()
-        atexit.unregister(peer.stop)
+    yield from _stopped_at_end(peer)
